@@ -1,0 +1,118 @@
+"""`keel`: serve, migrate, and start or inspect runs through the service's HTTP API."""
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+import httpx
+
+from app.config import get_settings
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@click.group()
+def main() -> None:
+    """Keel: durable execution for AI agents, on PostgreSQL."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default KEEL_HOST, 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the Keel service (one worker process)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = get_settings()
+    settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database: DBOS's schema, then Keel's."""
+    from app.database import database_url, migrate as run_migrations, redact
+
+    url = database_url(get_settings())
+    run_migrations(url)
+    click.echo(f"migrated {redact(url)}")
+
+
+@main.command("database-url")
+def database_url_command() -> None:
+    """Print the database URL (starting the embedded server if needed), e.g. for the dbos CLI."""
+    from app.database import database_url
+
+    click.echo(database_url(get_settings()))
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("input")
+@click.option("--key", default=None, help="Idempotency key: becomes the run ID; repeating it returns the same run.")
+@click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
+def run(agent: str, input: str, key: str | None, wait: bool) -> None:
+    """Start AGENT on INPUT."""
+    headers = {"Idempotency-Key": key} if key else {}
+    started = request("POST", "/v1/runs", json={"agent": agent, "input": input}, headers=headers)
+    run_id = started["run_id"]
+    click.echo(f"run {run_id}: {started['status']}")
+    if wait:
+        final = wait_for(run_id)
+        show(final)
+        sys.exit(0 if final["status"] == "succeeded" else 1)
+
+
+@main.command()
+@click.argument("run_id")
+def status(run_id: str) -> None:
+    """Show one run."""
+    show(request("GET", f"/v1/runs/{run_id}"))
+
+
+@main.command()
+@click.option("--status", "status_filter", default=None, help="queued, running, succeeded, failed or cancelled")
+@click.option("--agent", default=None)
+@click.option("--limit", default=20, show_default=True)
+def runs(status_filter: str | None, agent: str | None, limit: int) -> None:
+    """List runs, newest first."""
+    params = {k: v for k, v in {"status": status_filter, "agent": agent, "limit": limit}.items() if v is not None}
+    for item in request("GET", "/v1/runs", params=params)["runs"]:
+        reason = f" ({item['reason']})" if item["reason"] else ""
+        click.echo(f"{item['created_at'][:19]}  {item['run_id']:<34} {item['agent'] or '-':<10} {item['status']}{reason}")
+
+
+def wait_for(run_id: str, interval: float = 0.5) -> dict[str, Any]:
+    last = None
+    while True:
+        current = request("GET", f"/v1/runs/{run_id}")
+        progress = (current["status"], current["turns"])
+        if progress != last:
+            click.echo(f"  {current['status']}, turn {current['turns']}", err=True)
+            last = progress
+        if current["status"] in TERMINAL:
+            return current
+        time.sleep(interval)
+
+
+def show(item: dict[str, Any]) -> None:
+    click.echo(json.dumps(item, indent=2))
+
+
+def request(method: str, path: str, **kwargs: Any) -> Any:
+    base = get_settings().base_url
+    try:
+        response = httpx.request(method, f"{base}{path}", timeout=30, **kwargs)
+    except httpx.TransportError as exc:
+        raise click.ClickException(f"cannot reach Keel at {base} ({exc}); is `keel serve` running?") from None
+    if response.is_error:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise click.ClickException(f"{response.status_code}: {message}")
+    return response.json()

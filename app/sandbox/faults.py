@@ -1,0 +1,60 @@
+"""Fault knobs of the sandbox services, consumed one request at a time."""
+
+from typing import Literal
+
+from psycopg import AsyncConnection
+from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
+from fastapi.responses import Response
+
+FaultKind = Literal["drop_response", "delay_response", "unavailable"]
+
+TAKE = """
+UPDATE sandbox.faults SET remaining = remaining - 1
+WHERE id = (
+    SELECT id FROM sandbox.faults
+    WHERE service = %s AND remaining > 0 AND (match IS NULL OR position(match IN %s) > 0)
+    ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+)
+RETURNING kind, seconds
+"""
+
+
+class FaultCreate(BaseModel):
+    service: Literal["payments", "mail"]
+    kind: FaultKind
+    match: str | None = Field(None, description="Only requests whose body contains this text")
+    times: int = Field(1, ge=1)
+    seconds: float = Field(0, ge=0, description="For delay_response: how long to hold the response")
+
+
+class Fault(BaseModel):
+    kind: FaultKind
+    seconds: float
+
+
+async def take_fault(conn: AsyncConnection, service: str, request_text: str) -> Fault | None:
+    row = await (await conn.execute(TAKE, (service, request_text))).fetchone()
+    return Fault(kind=row[0], seconds=row[1]) if row else None
+
+
+async def add_fault(conn: AsyncConnection, fault: FaultCreate) -> int:
+    row = await (await conn.execute(
+        "INSERT INTO sandbox.faults (service, kind, match, remaining, seconds) VALUES (%s, %s, %s, %s, %s) RETURNING id",
+        (fault.service, fault.kind, fault.match, fault.times, fault.seconds),
+    )).fetchone()
+    assert row is not None
+    return row[0]
+
+
+class DroppedResponse(Response):
+    """Headers and half a body, then the connection closes: the effect committed, the reply is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"lost":', "more_body": True})
+        raise ConnectionAbortedError("sandbox fault: response dropped after the effect committed")

@@ -1,0 +1,125 @@
+"""In-memory fault registry of one scripted-model app, and how reply-shaping faults alter a reply.
+
+A fault applies to a request when its `match` is null or a substring of the conversation's
+FIRST user message. Each use decrements `times`; at zero the fault is gone. Per request at most
+one fault of each kind is used: the earliest registered one that applies.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.scripted_model.planner import Reply
+
+UNKNOWN_TOOL_NAME = "no_such_tool"
+BAD_FINAL_CONTENT = "not json at all"
+
+
+class FaultKind(str, Enum):
+    STATUS = "status"
+    DELAY = "delay"
+    MALFORMED_ARGUMENTS = "malformed_arguments"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    UNKNOWN_TOOL = "unknown_tool"
+    BAD_FINAL = "bad_final"
+
+
+class FaultSpec(BaseModel):
+    """Body of `POST /faults`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FaultKind
+    match: str | None = None
+    times: int = Field(default=1, ge=1)
+    status: int = Field(default=429, ge=400, le=599)
+    retry_after: float | None = Field(default=None, ge=0)
+    seconds: float = Field(default=0, ge=0)
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    spec: FaultSpec
+    remaining: int
+
+    def applies_to(self, first_user_text: str) -> bool:
+        return self.spec.match is None or self.spec.match in first_user_text
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, **self.spec.model_dump(mode="json"), "times": self.remaining}
+
+
+class FaultRegistry:
+    def __init__(self) -> None:
+        # Handlers never await while holding it; the lock only guards against threaded callers.
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._registered = 0
+
+    def add(self, spec: FaultSpec) -> Fault:
+        with self._lock:
+            self._registered += 1
+            fault = Fault(id=f"fault_{self._registered}", spec=spec, remaining=spec.times)
+            self._faults.append(fault)
+            return fault
+
+    def pending(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def clear(self) -> int:
+        with self._lock:
+            cleared = len(self._faults)
+            self._faults.clear()
+            return cleared
+
+    def claim(self, kind: FaultKind, first_user_text: str) -> Fault | None:
+        """Use one application of the earliest applicable fault of `kind`, if any."""
+        with self._lock:
+            for position, fault in enumerate(self._faults):
+                if fault.spec.kind is kind and fault.applies_to(first_user_text):
+                    used = replace(fault, remaining=fault.remaining - 1)
+                    if used.remaining > 0:
+                        self._faults[position] = used
+                    else:
+                        del self._faults[position]
+                    return used
+            return None
+
+
+@dataclass(frozen=True)
+class OutgoingToolCall:
+    """A tool call as sent on the wire: arguments are JSON text, which a fault may break."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class OutgoingReply:
+    content: str | None
+    tool_calls: tuple[OutgoingToolCall, ...]
+
+
+def shape_reply(reply: Reply, faults: FaultRegistry, first_user_text: str) -> OutgoingReply:
+    """Apply reply-shaping faults; each is consumed only by a reply it can affect."""
+    calls = [OutgoingToolCall(call.id, call.name, json.dumps(call.arguments)) for call in reply.tool_calls]
+    content = reply.content
+    if calls:
+        if faults.claim(FaultKind.UNKNOWN_TOOL, first_user_text):
+            calls = [replace(call, name=UNKNOWN_TOOL_NAME) for call in calls]
+        if faults.claim(FaultKind.INVALID_ARGUMENTS, first_user_text):
+            calls = [replace(call, arguments="{}") for call in calls]
+        if faults.claim(FaultKind.MALFORMED_ARGUMENTS, first_user_text):
+            calls = [replace(call, arguments=call.arguments[:-1]) for call in calls]
+    elif faults.claim(FaultKind.BAD_FINAL, first_user_text):
+        content = BAD_FINAL_CONTENT
+    return OutgoingReply(content=content, tool_calls=tuple(calls))

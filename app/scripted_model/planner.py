@@ -1,0 +1,263 @@
+"""Deterministic reply planner: a Chat Completions conversation in, the next assistant reply out.
+
+The planner is a pure function of the conversation. It picks a script from the FIRST user
+message and reads the tool results so far (Keel's convention: JSON content; a failure is an
+object with a top-level "error" key holding {"kind", "message", ...}) to know its progress.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FALLBACK_CONTENT = "I can only upgrade plans or call tools."
+INVALID_ARGUMENTS_KIND = "invalid_arguments"
+BILLING_STEPS: tuple[str, ...] = (
+    "lookup_customer",
+    "create_ticket",
+    "charge_customer",
+    "update_plan",
+    "send_email",
+)
+
+_BILLING_REQUEST = re.compile(r"upgrade customer ([A-Za-z]-?\d+) to the (\w+) plan", re.IGNORECASE)
+_SAY_REQUEST = re.compile(r"say\s+(.*)", re.IGNORECASE | re.DOTALL)
+_CALL_CLAUSE = re.compile(r"\s*call\s+([\w.:-]+)\s+with\s+", re.IGNORECASE)
+_THEN = re.compile(r"\s*then\s+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    tool_name: str | None
+    value: Any
+
+
+@dataclass(frozen=True)
+class Conversation:
+    first_user_text: str
+    assistant_turns: int
+    results: list[ToolResult]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a fixed sequence of tool steps got: outputs of finished steps, latest failure of the current one."""
+
+    outputs: list[Any]
+    failure: dict[str, Any] | None
+
+    @property
+    def must_give_up(self) -> bool:
+        return self.failure is not None and failure_kind(self.failure) != INVALID_ARGUMENTS_KIND
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def first_user_text(messages: Sequence[dict[str, Any]]) -> str:
+    for message in messages:
+        if message.get("role") == "user":
+            return message_text(message)
+    return ""
+
+
+def is_failure(value: Any) -> bool:
+    return isinstance(value, dict) and "error" in value
+
+
+def failure_kind(value: dict[str, Any]) -> str | None:
+    error = value.get("error")
+    return error.get("kind") if isinstance(error, dict) else None
+
+
+def failure_message(value: dict[str, Any]) -> str:
+    error = value.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("kind") or "unknown error")
+    return str(error)
+
+
+def read_conversation(messages: Sequence[dict[str, Any]]) -> Conversation:
+    tool_names: dict[str, str] = {}
+    results: list[ToolResult] = []
+    assistant_turns = 0
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant":
+            assistant_turns += 1
+            for call in message.get("tool_calls") or []:
+                tool_names[call.get("id")] = (call.get("function") or {}).get("name")
+        elif role == "tool":
+            value = _parse_json_or_text(message_text(message))
+            results.append(ToolResult(tool_names.get(message.get("tool_call_id")), value))
+    return Conversation(first_user_text(messages), assistant_turns, results)
+
+
+def follow_steps(step_tools: Sequence[str], results: Sequence[ToolResult]) -> Progress:
+    """Walk results in order; results naming another tool than the current step's are ignored
+    (e.g. the answer to a call of an unknown tool), so the step is simply asked for again."""
+    outputs: list[Any] = []
+    failure: dict[str, Any] | None = None
+    for result in results:
+        if len(outputs) == len(step_tools):
+            break
+        if result.tool_name != step_tools[len(outputs)]:
+            continue
+        if is_failure(result.value):
+            failure = result.value
+        else:
+            outputs.append(result.value)
+            failure = None
+    return Progress(outputs, failure)
+
+
+def next_reply(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Reply:
+    conversation = read_conversation(messages)
+    offered = {(tool.get("function") or {}).get("name") for tool in tools or []}
+    scripts: tuple[Callable[[Conversation, set[str | None]], Reply | None], ...] = (
+        _say_script,
+        _generic_script,
+        _billing_script,
+    )
+    for script in scripts:
+        reply = script(conversation, offered)
+        if reply is not None:
+            return reply
+    return Reply(content=FALLBACK_CONTENT)
+
+
+def parse_call_script(text: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """`call <tool> with <JSON object>` clauses joined by ` then `; None if the text is not one."""
+    decoder = json.JSONDecoder()
+    calls: list[tuple[str, dict[str, Any]]] = []
+    position = 0
+    while True:
+        clause = _CALL_CLAUSE.match(text, position)
+        if clause is None:
+            return None
+        try:
+            arguments, position = decoder.raw_decode(text, clause.end())
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(arguments, dict):
+            return None
+        calls.append((clause.group(1), arguments))
+        then = _THEN.match(text, position)
+        if then is None:
+            return calls if not text[position:].strip() else None
+        position = then.end()
+
+
+def _say_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
+    request = _SAY_REQUEST.match(conversation.first_user_text.strip())
+    return Reply(content=request.group(1)) if request else None
+
+
+def _generic_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
+    calls = parse_call_script(conversation.first_user_text)
+    if calls is None:
+        return None
+    progress = follow_steps([name for name, _ in calls], conversation.results)
+    if progress.must_give_up:
+        return Reply(content=json.dumps(progress.failure))
+    step = len(progress.outputs)
+    if step == len(calls):
+        return Reply(content=json.dumps(progress.outputs[-1]))
+    name, arguments = calls[step]
+    return _tool_call(conversation, name, arguments)
+
+
+def _billing_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
+    request = _BILLING_REQUEST.search(conversation.first_user_text)
+    if request is None:
+        return None
+    customer_id, plan = request.group(1), request.group(2).lower()
+
+    def give_up(reason: str) -> Reply:
+        outcome = {"customer_id": customer_id, "plan": plan, "ticket_id": None, "charge_id": None,
+                   "amount_cents": 0, "summary": f"Could not complete: {reason}"}
+        return Reply(content=json.dumps(outcome))
+
+    progress = follow_steps(BILLING_STEPS, conversation.results)
+    step = len(progress.outputs)
+    if progress.must_give_up and progress.failure is not None:
+        return give_up(f"{BILLING_STEPS[step]} failed: {failure_message(progress.failure)}")
+    price = _plan_price(progress.outputs[0], plan) if progress.outputs else 0
+    if price is None:
+        return give_up(f"plan {plan!r} is not available for customer {customer_id}")
+    customer, ticket, charge = (progress.outputs + [None, None, None])[:3]
+    ticket_id = _field(ticket, "ticket_id")
+    charge_id = _field(charge, "charge_id")
+    amount = _field(charge, "amount_cents")
+    amount_cents = amount if isinstance(amount, int) else price
+    email = _field(customer, "email")
+    subject = f"Upgrade to {plan} plan"
+    if step == len(BILLING_STEPS):
+        summary = (f"Upgraded customer {customer_id} to the {plan} plan, charged {amount_cents} cents "
+                   f"(ticket {ticket_id}, charge {charge_id}) and emailed {email}.")
+        outcome = {"customer_id": customer_id, "plan": plan, "ticket_id": ticket_id, "charge_id": charge_id,
+                   "amount_cents": amount_cents, "summary": summary}
+        return Reply(content=json.dumps(outcome))
+    tool = BILLING_STEPS[step]
+    if tool not in offered:
+        return give_up(f"tool {tool} is not offered")
+    if tool == "send_email" and not email:
+        return give_up(f"customer {customer_id} has no email address")
+    arguments_by_tool: dict[str, dict[str, Any]] = {
+        "lookup_customer": {"customer_id": customer_id},
+        "create_ticket": {"customer_id": customer_id, "subject": subject},
+        "charge_customer": {"customer_id": customer_id, "amount_cents": price, "description": subject},
+        "update_plan": {"customer_id": customer_id, "plan": plan},
+        "send_email": {
+            "to": email,
+            "subject": f"Your {plan} plan is active",
+            "body": f"Your {plan} plan is now active; we charged {amount_cents} cents (ticket {ticket_id}).",
+        },
+    }
+    return _tool_call(conversation, tool, arguments_by_tool[tool])
+
+
+def _tool_call(conversation: Conversation, name: str, arguments: dict[str, Any]) -> Reply:
+    call_id = f"call_{conversation.assistant_turns}_0"
+    return Reply(content=None, tool_calls=[ToolCall(call_id, name, arguments)])
+
+
+def _plan_price(customer: Any, plan: str) -> int | None:
+    plans = _field(customer, "plans")
+    price = _field(_field(plans, plan), "price_cents")
+    return price if isinstance(price, int) and not isinstance(price, bool) else None
+
+
+def _field(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _parse_json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

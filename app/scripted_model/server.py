@@ -1,0 +1,178 @@
+"""OpenAI-compatible HTTP surface of the scripted model (Chat Completions + fault admin).
+
+Routes are relative so the app works standalone and mounted (the main service mounts it at
+`/scripted`). Each app instance owns its fault registry in `app.state.faults`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.scripted_model.faults import FaultKind, FaultRegistry, FaultSpec, OutgoingReply, shape_reply
+from app.scripted_model.planner import first_user_text, message_text, next_reply
+
+MODEL_ID = "scripted"
+# Small pieces so clients really have to reassemble content and arguments from many deltas.
+CONTENT_PIECE_CHARS = 8
+ARGUMENTS_PIECE_CHARS = 10
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Keel scripted model", description="Offline, deterministic OpenAI-compatible model.")
+    app.state.faults = FaultRegistry()
+    faults: FaultRegistry = app.state.faults
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        try:
+            chat = ChatCompletionRequest.model_validate_json(await request.body())
+        except ValidationError as error:
+            return openai_error(400, _describe_validation_error(error), "invalid_request_error", "invalid_request")
+        messages = [message.model_dump() for message in chat.messages]
+        first_user = first_user_text(messages)
+        delay = faults.claim(FaultKind.DELAY, first_user)
+        if delay is not None:
+            await asyncio.sleep(delay.spec.seconds)
+        status = faults.claim(FaultKind.STATUS, first_user)
+        if status is not None:
+            return _status_fault_response(status.spec)
+        reply = shape_reply(next_reply(messages, chat.tools or []), faults, first_user)
+        completion = _CompletionEnvelope(chat.model, _usage(messages, reply))
+        if chat.stream:
+            include_usage = bool((chat.stream_options or {}).get("include_usage"))
+            events = _sse_events(completion.chunks(reply, include_usage))
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return JSONResponse(completion.body(reply))
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "keel"}]}
+
+    @app.post("/faults", status_code=201)
+    async def add_fault(spec: FaultSpec) -> dict[str, str]:
+        return {"id": faults.add(spec).id}
+
+    @app.get("/faults")
+    async def list_faults() -> list[dict[str, Any]]:
+        return [fault.describe() for fault in faults.pending()]
+
+    @app.delete("/faults")
+    async def clear_faults() -> dict[str, int]:
+        return {"cleared": faults.clear()}
+
+    return app
+
+
+def openai_error(status: int, message: str, error_type: str, code: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _status_fault_response(spec: FaultSpec) -> JSONResponse:
+    headers = {"Retry-After": f"{spec.retry_after:g}"} if spec.retry_after is not None else None
+    if spec.status == 429:
+        error_type, code = "requests", "rate_limit_exceeded"
+    elif spec.status >= 500:
+        error_type, code = "server_error", "server_error"
+    else:
+        error_type, code = "invalid_request_error", "scripted_fault"
+    return openai_error(spec.status, f"Scripted fault: HTTP {spec.status}", error_type, code, headers)
+
+
+def _describe_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"Invalid request body: {location}: {first['msg']}"
+
+
+def _usage(messages: list[dict[str, Any]], reply: OutgoingReply) -> dict[str, int]:
+    prompt_chars = sum(len(message_text(message)) for message in messages)
+    completion_chars = len(reply.content or "") + sum(len(call.name) + len(call.arguments) for call in reply.tool_calls)
+    prompt_tokens, completion_tokens = prompt_chars // 4 + 1, completion_chars // 4 + 1
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class _CompletionEnvelope:
+    """Fields shared by the `chat.completion` body and every `chat.completion.chunk` of one reply."""
+
+    def __init__(self, model: str, usage: dict[str, int]) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+        self.usage = usage
+
+    def body(self, reply: OutgoingReply) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in reply.tool_calls
+            ]
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(reply)}
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [choice], "usage": self.usage, "system_fingerprint": None}
+
+    def chunks(self, reply: OutgoingReply, include_usage: bool) -> Iterator[dict[str, Any]]:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            body: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                    "model": self.model, "system_fingerprint": None, "choices": [choice]}
+            if include_usage:
+                body["usage"] = None
+            return body
+
+        yield chunk({"role": "assistant", "content": "" if reply.content is not None else None, "refusal": None})
+        for piece in _pieces(reply.content or "", CONTENT_PIECE_CHARS):
+            yield chunk({"content": piece})
+        for index, call in enumerate(reply.tool_calls):
+            opening = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            yield chunk({"tool_calls": [opening]})
+            for piece in _pieces(call.arguments, ARGUMENTS_PIECE_CHARS):
+                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+        yield chunk({}, _finish_reason(reply))
+        if include_usage:
+            yield {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                   "system_fingerprint": None, "choices": [], "usage": self.usage}
+
+
+async def _sse_events(chunks: Iterator[dict[str, Any]]) -> AsyncIterator[str]:
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _finish_reason(reply: OutgoingReply) -> str:
+    return "tool_calls" if reply.tool_calls else "stop"
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    for start in range(0, len(text), size):
+        yield text[start:start + size]

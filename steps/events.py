@@ -1,0 +1,44 @@
+"""Keel's event log, `keel.events`: one row per thing that happened in a run.
+
+An event is identified by (run, step, kind, attempt), so a step that is retried or re-executed
+after a crash writes each of its events once."""
+
+from typing import Any
+
+from dbos import DBOS
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from steps import db
+
+INSERT = """
+INSERT INTO keel.events (run_id, step_id, kind, attempt, payload)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (run_id, step_id, kind, attempt) DO NOTHING
+"""
+
+
+async def record(
+    run_id: str,
+    step_id: int,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    attempt: int = 0,
+    conn: AsyncConnection | None = None,
+) -> None:
+    """Append an event; with `conn`, inside that connection's current transaction."""
+    params = (run_id, step_id, kind, attempt, Jsonb(payload))
+    if conn is not None:
+        await conn.execute(INSERT, params)
+        return
+    async with db.pool().connection() as own:
+        await own.execute(INSERT, params)
+
+
+@DBOS.step(name="keel.event")
+async def record_step(kind: str, payload: dict[str, Any]) -> None:
+    """Record an event from workflow code, as a step of its own (a workflow body does no I/O)."""
+    run_id, step_id = DBOS.workflow_id, DBOS.step_id
+    assert run_id is not None and step_id is not None, "record_step runs inside a workflow"
+    await record(run_id, step_id, kind, payload)

@@ -1,0 +1,115 @@
+"""Exactly-once tool calls: the ledger `keel.tool_calls` and the durable tool step.
+
+For each attempt of a call, under its idempotency key:
+1. the intent is committed (a row in `started`, attempts + 1) before anything else happens;
+2. in one transaction that holds the row's lock: a key already `succeeded` returns its recorded
+   result; an intent left without outcome by an earlier attempt (crash, lost response) asks the
+   tool's `reconcile` first; otherwise the tool runs, and its outcome is written in the same
+   transaction as any write the tool made through `ctx.db`.
+So an effect in Keel's database happens exactly once; an external effect is deduplicated by the
+key the tool sends as `Idempotency-Key` (or found by `reconcile`); and a completed key is never run
+again, across retries, crashes, recoveries and forks."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from dbos import DBOS
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from steps import db, events, failpoints
+from steps.retry import Failure, classify, retrying
+from steps.tools import Tool, ToolContext
+
+RECORD_INTENT = """
+WITH previous AS (SELECT status FROM keel.tool_calls WHERE idempotency_key = %(key)s)
+INSERT INTO keel.tool_calls AS c (idempotency_key, run_id, step_id, tool, tool_call_id, arguments, status)
+VALUES (%(key)s, %(run_id)s, %(step_id)s, %(tool)s, %(tool_call_id)s, %(arguments)s, 'started')
+ON CONFLICT (idempotency_key) DO UPDATE
+SET attempts = c.attempts + (c.status <> 'succeeded')::int,
+    status = CASE WHEN c.status = 'succeeded' THEN 'succeeded' ELSE 'started' END,
+    updated_at = now()
+RETURNING c.status, c.result, c.attempts, (SELECT status FROM previous) AS previous_status
+"""
+LOCK = "SELECT status, result FROM keel.tool_calls WHERE idempotency_key = %s FOR UPDATE"
+SUCCEED = """
+UPDATE keel.tool_calls
+SET status = 'succeeded', result = %s, reconciled = %s, error = NULL, updated_at = now(), completed_at = now()
+WHERE idempotency_key = %s
+"""
+FAIL = """
+UPDATE keel.tool_calls
+SET status = CASE WHEN %s THEN 'started' ELSE 'failed' END, error = %s, updated_at = now()
+WHERE idempotency_key = %s AND status <> 'succeeded'
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Any
+    attempts: int
+    deduplicated: bool = False
+    reconciled: bool = False
+
+
+@DBOS.step(name="keel.tool_call")
+async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str) -> dict[str, Any]:
+    """One tool call, retried by the tool's policy; returns `{"ok": ...}`, never raises."""
+    run_id, step_id = DBOS.workflow_id, DBOS.step_id
+    assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
+    key = tool.business_key(arguments) or f"{run_id}:{step_id}"
+    call = Call(tool=tool, key=key, run_id=run_id, step_id=step_id, tool_call_id=tool_call_id, arguments=arguments)
+    await events.record(run_id, step_id, "tool_call", {"tool": tool.name, "idempotency_key": key, "arguments": arguments})
+
+    async def on_retry(attempt: int, failure: Failure, wait: float) -> None:
+        await events.record(run_id, step_id, "retry", {"tool": tool.name, "error": failure.as_dict(), "wait": wait}, attempt=attempt)
+
+    try:
+        outcome = await retrying(tool.retry, call.attempt, on_retry)
+    except Exception as exc:  # a failed call is a value in durable state, not an exception
+        failure = classify(exc)
+        await call.record_failure(failure)
+        reply = {"ok": False, "error": failure.as_dict(), "idempotency_key": key}
+        await events.record(run_id, step_id, "tool_result", {"tool": tool.name, "idempotency_key": key, "ok": False, "error": failure.as_dict()})
+        return reply
+    summary = {"idempotency_key": key, "attempts": outcome.attempts, "deduplicated": outcome.deduplicated, "reconciled": outcome.reconciled}
+    await events.record(run_id, step_id, "tool_result", {"tool": tool.name, "ok": True, **summary})
+    return {"ok": True, "result": outcome.result, **summary}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    tool: Tool
+    key: str
+    run_id: str
+    step_id: int
+    tool_call_id: str
+    arguments: dict[str, Any]
+
+    async def attempt(self, number: int) -> Outcome:
+        async with db.pool().connection() as conn:
+            status, result, attempts, previous = await self._record_intent(conn)
+            if status == "succeeded":
+                return Outcome(result, attempts, deduplicated=True)
+            async with conn.transaction():
+                status, result = await (await conn.execute(LOCK, (self.key,))).fetchone()
+                if status == "succeeded":  # another attempt finished while we waited for the lock
+                    return Outcome(result, attempts, deduplicated=True)
+                ctx = ToolContext(run_id=self.run_id, tool_call_id=self.tool_call_id, idempotency_key=self.key, attempt=attempts, db=conn)
+                found = await self.tool.reconciled(ctx) if previous == "started" else None
+                value = found if found is not None else await self.tool.invoke(ctx, self.arguments)
+                await conn.execute(SUCCEED, (Jsonb(value), found is not None, self.key))
+            failpoints.hit(f"tool.after_commit:{self.tool.name}")
+            return Outcome(value, attempts, reconciled=found is not None)
+
+    async def _record_intent(self, conn: AsyncConnection) -> tuple[str, Any, int, str | None]:
+        params = {"key": self.key, "run_id": self.run_id, "step_id": self.step_id, "tool": self.tool.name,
+                  "tool_call_id": self.tool_call_id, "arguments": Jsonb(self.arguments)}
+        row = await (await conn.execute(RECORD_INTENT, params)).fetchone()
+        assert row is not None
+        return row[0], row[1], row[2], row[3]
+
+    async def record_failure(self, failure: Failure) -> None:
+        """Transient failures leave the intent open (the effect may have happened); others close it."""
+        async with db.pool().connection() as conn:
+            await conn.execute(FAIL, (failure.kind == "transient", Jsonb(failure.as_dict()), self.key))

@@ -1,0 +1,151 @@
+"""`@tool`: a typed async function becomes a tool the model can call.
+
+The JSON schema the model sees comes from the signature, the description and argument help from
+the docstring (Google style `Args:`); Pydantic validates the model's arguments before the call."""
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from psycopg import AsyncConnection
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from steps.errors import UserError
+from steps.retry import RetryPolicy
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolContext:
+    """What a tool may know about its call. Send `idempotency_key` to external APIs."""
+
+    run_id: str
+    tool_call_id: str
+    idempotency_key: str
+    attempt: int
+    db: AsyncConnection
+    """The ledger's transaction: writes made here commit exactly once, with the call's outcome."""
+
+
+Reconcile = Callable[[ToolContext], Awaitable[Any]]
+KeyFunction = Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Tool:
+    function: Callable[..., Awaitable[Any]]
+    name: str
+    description: str
+    arguments: type[BaseModel]
+    takes_ctx: bool
+    result: TypeAdapter[Any]
+    retry: RetryPolicy
+    idempotency_key: KeyFunction | None = None
+    reconcile: Reconcile | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self.function(*args, **kwargs)
+
+    def schema(self) -> dict[str, Any]:
+        """The tool as Chat Completions' `tools` entry."""
+        parameters = self.arguments.model_json_schema()
+        parameters.pop("title", None)
+        return {"type": "function", "function": {"name": self.name, "description": self.description, "parameters": parameters}}
+
+    def validate(self, arguments: Any) -> dict[str, Any]:
+        """The model's arguments, validated and as JSON; raises `pydantic.ValidationError`."""
+        return self.arguments.model_validate(arguments).model_dump(mode="json")
+
+    def business_key(self, arguments: dict[str, Any]) -> str | None:
+        return f"{self.name}:{self.idempotency_key(arguments)}" if self.idempotency_key else None
+
+    async def invoke(self, ctx: ToolContext, arguments: dict[str, Any]) -> Any:
+        """Call the function with validated arguments; the result comes back as JSON."""
+        validated = self.arguments.model_validate(arguments)
+        kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
+        value = await (self.function(ctx, **kwargs) if self.takes_ctx else self.function(**kwargs))
+        return self.result.dump_python(value, mode="json")
+
+    async def reconciled(self, ctx: ToolContext) -> Any | None:
+        """Ask the outside world whether this call's effect already happened (None: it did not)."""
+        if self.reconcile is None:
+            return None
+        value = await self.reconcile(ctx)
+        return None if value is None else self.result.dump_python(value, mode="json")
+
+
+def tool(
+    function: Callable[..., Awaitable[Any]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    idempotency_key: KeyFunction | None = None,
+    reconcile: Reconcile | None = None,
+    retry: RetryPolicy | None = None,
+) -> Any:
+    """Declare a tool: bare `@tool`, or `@tool(idempotency_key=..., reconcile=..., retry=...)`.
+
+    `idempotency_key(arguments)` gives a business key, so the same effect is deduplicated across
+    runs; by default a call's key is `<run_id>:<step_id>`. `reconcile(ctx)` is asked, when a
+    previous attempt recorded its intent but no outcome, whether the effect already happened."""
+
+    def build(fn: Callable[..., Awaitable[Any]]) -> Tool:
+        return _build_tool(fn, name=name, idempotency_key=idempotency_key, reconcile=reconcile, retry=retry)
+
+    return build(function) if function is not None else build
+
+
+def _build_tool(fn: Callable[..., Awaitable[Any]], *, name: str | None, idempotency_key: KeyFunction | None,
+                reconcile: Reconcile | None, retry: RetryPolicy | None) -> Tool:
+    tool_name = name or fn.__name__
+    if not TOOL_NAME.match(tool_name):
+        raise UserError(f"tool name {tool_name!r} must match {TOOL_NAME.pattern}")
+    if not inspect.iscoroutinefunction(fn):
+        raise UserError(f"tool {tool_name!r} must be an `async def` function")
+    if reconcile is not None and not inspect.iscoroutinefunction(reconcile):
+        raise UserError(f"reconcile of tool {tool_name!r} must be an `async def` function")
+    hints = get_type_hints(fn)
+    summary, arg_help = _parse_docstring(inspect.getdoc(fn) or "")
+    params = list(inspect.signature(fn).parameters.values())
+    takes_ctx = bool(params) and hints.get(params[0].name) is ToolContext
+    fields: dict[str, Any] = {}
+    for param in params[1:] if takes_ctx else params:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise UserError(f"tool {tool_name!r}: *args and **kwargs cannot be described to a model")
+        if param.name not in hints:
+            raise UserError(f"tool {tool_name!r}: argument {param.name!r} needs a type annotation")
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints[param.name], Field(default, description=arg_help.get(param.name)))
+    arguments = create_model(f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+    return Tool(
+        function=fn,
+        name=tool_name,
+        description=summary or tool_name,
+        arguments=arguments,
+        takes_ctx=takes_ctx,
+        result=TypeAdapter(hints.get("return", Any)),
+        retry=retry or RetryPolicy(),
+        idempotency_key=idempotency_key,
+        reconcile=reconcile,
+    )
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """The summary (text before `Args:`) and each argument's help line."""
+    summary_lines: list[str] = []
+    arg_help: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Arguments:", "Parameters:"):
+            in_args = True
+        elif in_args and (match := ARG_LINE.match(line)):
+            arg_help[match.group(1)] = match.group(2).strip()
+        elif in_args and line.strip() and not line.startswith((" ", "\t")):
+            in_args = False
+        elif not in_args:
+            summary_lines.append(line)
+    return " ".join(" ".join(summary_lines).split()), arg_help

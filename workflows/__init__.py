@@ -1,0 +1,32 @@
+"""Keel's public API: declare agents and tools here; Keel makes their runs durable.
+
+    from workflows import Agent, tool, ToolContext
+"""
+
+from steps.errors import AskModel, KeelError, PermanentToolError, RunFailed, ToolError, TransientToolError, UserError
+from steps.retry import RetryPolicy
+from steps.tools import Tool, ToolContext, tool
+from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
+from workflows.runs import IdempotencyConflict, RunNotFound, get_run, list_runs, start_run
+
+__all__ = [
+    "Agent",
+    "AskModel",
+    "IdempotencyConflict",
+    "KeelError",
+    "PermanentToolError",
+    "RetryPolicy",
+    "RunFailed",
+    "RunNotFound",
+    "Tool",
+    "ToolContext",
+    "ToolError",
+    "TransientToolError",
+    "UnknownAgent",
+    "UserError",
+    "agent_names",
+    "get_agent",
+    "get_run",
+    "list_runs",
+    "start_run",
+]

@@ -1,0 +1,109 @@
+"""`Agent`: the declaration of an agent, and the registry of agents by their durable name."""
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from steps.errors import UserError
+from steps.retry import RetryPolicy
+from steps.tools import Tool, tool
+
+AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_registry: dict[str, "Agent"] = {}
+
+
+class UnknownAgent(UserError):
+    def __init__(self, name: str) -> None:
+        known = ", ".join(sorted(_registry)) or "none"
+        super().__init__(f"unknown agent {name!r} (known: {known})")
+        self.name = name
+
+
+class Agent:
+    """An agent: instructions, a model, tools, and what its final answer must look like.
+
+    `name` is its durable identity (recorded with every run), so it is required and unique.
+    Mistakes in the declaration raise `UserError` here, not on turn seven."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        instructions: str,
+        tools: list[Tool | Any] = (),  # type: ignore[assignment]
+        model: str | None = None,
+        output_type: type[BaseModel] | None = None,
+        max_turns: int = 10,
+        max_reasks: int = 3,
+        model_retry: RetryPolicy | None = None,
+    ) -> None:
+        if not AGENT_NAME.match(name):
+            raise UserError(f"agent name {name!r} must match {AGENT_NAME.pattern}")
+        if name in _registry:
+            raise UserError(f"an agent named {name!r} is already defined")
+        if output_type is not None and not (isinstance(output_type, type) and issubclass(output_type, BaseModel)):
+            raise UserError(f"output_type of agent {name!r} must be a Pydantic model class")
+        if max_turns < 1 or max_reasks < 0:
+            raise UserError("max_turns must be at least 1 and max_reasks at least 0")
+        self.name = name
+        self.instructions = instructions
+        self.tools = {t.name: t for t in (t if isinstance(t, Tool) else tool(t) for t in tools)}
+        if len(self.tools) != len(tools):
+            raise UserError(f"agent {name!r} has two tools with the same name")
+        self.model = model
+        self.output_type = output_type
+        self.max_turns = max_turns
+        self.max_reasks = max_reasks
+        self.model_retry = model_retry or RetryPolicy()
+        self.tool_schemas = [t.schema() for t in self.tools.values()]
+        _registry[name] = self
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r}, tools={list(self.tools)})"
+
+    def system_prompt(self) -> str:
+        if self.output_type is None:
+            return self.instructions
+        schema = json.dumps(self.output_type.model_json_schema())
+        return f"{self.instructions}\n\nWhen you are done, reply with only a JSON object matching this JSON schema:\n{schema}"
+
+    def parse_output(self, content: str | None) -> tuple[Any, str | None]:
+        """The final answer as JSON, or the problem to tell the model."""
+        if self.output_type is None:
+            return (content, None) if content else (None, "the reply was empty")
+        try:
+            return self.output_type.model_validate_json(content or "").model_dump(mode="json"), None
+        except ValidationError as exc:
+            return None, f"the final answer does not match the schema: {_errors(exc)}"
+
+    def parse_call(self, call: dict[str, Any]) -> tuple[Tool | None, dict[str, Any], str | None]:
+        """The tool and validated arguments of a model's tool call, or the problem to tell the model."""
+        function = call["function"]
+        found = self.tools.get(function["name"])
+        if found is None:
+            return None, {}, f"there is no tool named {function['name']!r}; the tools are {', '.join(self.tools)}"
+        try:
+            arguments = json.loads(function["arguments"] or "{}")
+        except json.JSONDecodeError as exc:
+            return found, {}, f"the arguments are not valid JSON ({exc})"
+        try:
+            return found, found.validate(arguments), None
+        except ValidationError as exc:
+            return found, {}, f"invalid arguments for {found.name}: {_errors(exc)}"
+
+
+def get_agent(name: str) -> Agent:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownAgent(name) from None
+
+
+def agent_names() -> list[str]:
+    return sorted(_registry)
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())

@@ -1,0 +1,70 @@
+"""Starting runs and reading their state (`keel.runs`, a view over DBOS's tables and Keel's events)."""
+
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from dbos import DBOS, SetWorkflowID
+from psycopg.rows import dict_row
+
+from steps import db
+from steps.errors import UserError
+from workflows.agent import get_agent
+from workflows.agent_loop import agent_run
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+COLUMNS = "run_id, agent, input, status, reason, output, error, turns, tokens, created_at, updated_at"
+
+
+class IdempotencyConflict(UserError):
+    """The run ID (a client's idempotency key) is taken by a run with a different request."""
+
+
+class RunNotFound(UserError):
+    pass
+
+
+async def start_run(agent: str, input: str, run_id: str | None = None) -> dict[str, Any]:
+    """Start `agent` on `input` as run `run_id` (new ID if None); starting the same ID again is a no-op."""
+    get_agent(agent)
+    run_id = run_id or uuid.uuid4().hex
+    if not RUN_ID.match(run_id):
+        raise UserError(f"run ID must match {RUN_ID.pattern}")
+    with SetWorkflowID(run_id):
+        await DBOS.start_workflow_async(agent_run, {"agent": agent, "input": input})
+    run = await get_run(run_id)
+    if (run["agent"], run["input"]) != (agent, input):
+        raise IdempotencyConflict(f"run {run_id} already exists with a different agent or input")
+    return run
+
+
+async def get_run(run_id: str) -> dict[str, Any]:
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        row = await (await cursor.execute(f"SELECT {COLUMNS} FROM keel.runs WHERE run_id = %s", (run_id,))).fetchone()
+    if row is None:
+        raise RunNotFound(f"no run {run_id!r}")
+    return row
+
+
+async def list_runs(*, status: str | None = None, agent: str | None = None, limit: int = 50,
+                    before: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+    """Newest first; `before` = (created_at, run_id) of the last row of the previous page."""
+    query = f"SELECT {COLUMNS} FROM keel.runs WHERE true"
+    params: list[Any] = []
+    if status:
+        query += " AND status = %s"
+        params.append(status)
+    if agent:
+        query += " AND agent = %s"
+        params.append(agent)
+    if before:
+        query += " AND (created_at, run_id) < (%s, %s)"
+        params.extend(before)
+    query += " ORDER BY created_at DESC, run_id DESC LIMIT %s"
+    params.append(limit)
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        return await (await cursor.execute(query, params)).fetchall()
