@@ -41,6 +41,7 @@ class FaultSpec(BaseModel):
     status: int = Field(default=429, ge=400, le=599)
     retry_after: float | None = Field(default=None, ge=0)
     seconds: float = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, description="Let this many applicable requests pass first")
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,13 @@ class Fault:
     id: str
     spec: FaultSpec
     remaining: int
+    passed: int = 0
 
     def applies_to(self, first_user_text: str) -> bool:
         return self.spec.match is None or self.spec.match in first_user_text
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, **self.spec.model_dump(mode="json"), "times": self.remaining}
+        return {"id": self.id, **self.spec.model_dump(mode="json"), "times": self.remaining, "passed": self.passed}
 
 
 class FaultRegistry:
@@ -85,6 +87,9 @@ class FaultRegistry:
         with self._lock:
             for position, fault in enumerate(self._faults):
                 if fault.spec.kind is kind and fault.applies_to(first_user_text):
+                    if fault.passed < fault.spec.after:
+                        self._faults[position] = replace(fault, passed=fault.passed + 1)
+                        return None
                     used = replace(fault, remaining=fault.remaining - 1)
                     if used.remaining > 0:
                         self._faults[position] = used

@@ -1,0 +1,57 @@
+"""A test agent whose tools exercise the ledger, loaded by test workers (`KEEL_AGENT_MODULES`).
+
+The scripted model drives it with inputs like `call pay with {"customer_id": "C-1", ...}`."""
+
+from typing import Any
+
+from app.demo.billing.tools import http
+from workflows import Agent, AskModel, PermanentToolError, RetryPolicy, ToolContext, TransientToolError, tool
+
+
+@tool
+async def pay(ctx: ToolContext, customer_id: str, amount_cents: int) -> dict[str, Any]:
+    """Charge through the payments sandbox, relying on its Idempotency-Key alone (no reconcile)."""
+    response = await http().post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
+                                 json={"customer_id": customer_id, "amount_cents": amount_cents, "description": "probe"})
+    response.raise_for_status()
+    return response.json()
+
+
+@tool(retry=RetryPolicy(max_attempts=4, initial_delay=0.01, max_delay=0.05))
+async def flaky(ctx: ToolContext, succeed_on: int) -> dict[str, int]:
+    """Fail transiently until attempt `succeed_on`."""
+    if ctx.attempt < succeed_on:
+        raise TransientToolError(f"attempt {ctx.attempt} failed", retry_after=0.01)
+    return {"attempt": ctx.attempt}
+
+
+@tool
+async def refuse(reason: str) -> None:
+    """Fail permanently."""
+    raise PermanentToolError(reason)
+
+
+@tool
+async def square(n: int) -> int:
+    """Square a non-negative number."""
+    if n < 0:
+        raise AskModel("n must not be negative")
+    return n * n
+
+
+@tool(idempotency_key=lambda arguments: arguments["subject"])
+async def open_ticket(ctx: ToolContext, customer_id: str, subject: str) -> dict[str, Any]:
+    """Open a ticket, once per subject (a business key) whatever the run."""
+    row = await (await ctx.db.execute(
+        "INSERT INTO sandbox.tickets (customer_id, subject, idempotency_key) VALUES (%s, %s, %s) RETURNING id",
+        (customer_id, subject, ctx.idempotency_key))).fetchone()
+    return {"ticket_id": f"T-{row[0]}"}
+
+
+probe = Agent(
+    "probe",
+    instructions="Call the tools you are asked to call.",
+    tools=[pay, flaky, refuse, square, open_ticket],
+    max_turns=6,
+    max_reasks=2,
+)

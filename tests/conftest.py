@@ -1,0 +1,137 @@
+"""Fixtures: a fresh test database on a real PostgreSQL, real worker processes, a real model server.
+
+With `DATABASE_URL` set, the tests use that server; otherwise the embedded PostgreSQL under
+`.keel/test`. Either way they create (and recreate) the database `keel_test` on it."""
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from app.database import migrate, psycopg_conninfo, start_embedded_postgres
+from tests.processes import ROOT, Worker, start_scripted_model, stop
+
+TEST_DATABASE = "keel_test"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+_customers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    server = os.environ.get("DATABASE_URL") or start_embedded_postgres(ROOT / ".keel" / "test")
+    url = make_url(server).set(database=TEST_DATABASE).render_as_string(hide_password=False)
+    maintenance = make_url(server).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DATABASE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def model_url(logs: Path) -> Iterator[str]:
+    process, url = start_scripted_model(logs / "scripted-model.log")
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def worker_env(database_url: str, model_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OPENAI_"))}
+    return {
+        **env,
+        "DATABASE_URL": database_url,
+        "OPENAI_BASE_URL": f"{model_url}/v1",
+        "OPENAI_API_KEY": "test-key",
+        "KEEL_AGENT_MODULES": "app.demo.billing,tests.agents",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@pytest.fixture(scope="session")
+def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..., Worker]]:
+    """Start a worker with a given executor ID (a restarted worker reuses its ID to recover its runs)."""
+    started: list[Worker] = []
+    counter = itertools.count()
+
+    def start(executor_id: str, **env: str) -> Worker:
+        log = logs / f"worker-{executor_id}-{next(counter)}.log"
+        worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": executor_id, **env}, log=log).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def service(start_worker: Callable[..., Worker]) -> Worker:
+    """The worker most tests share."""
+    return start_worker("shared")
+
+
+@pytest.fixture
+async def api(service: Worker) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def model(model_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The scripted model's admin API (faults)."""
+    async with httpx.AsyncClient(base_url=model_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    async with await psycopg.AsyncConnection.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+async def customer(db: psycopg.AsyncConnection) -> str:
+    """A fresh customer on the basic plan, so each test counts only its own effects."""
+    customer_id = f"C-{os.getpid()}{next(_customers):03d}"
+    await db.execute("INSERT INTO sandbox.customers VALUES (%s, 'Test Customer', %s, 'basic')",
+                     (customer_id, f"{customer_id.lower()}@example.com"))
+    return customer_id
+
+
+async def fetch_value(db: psycopg.AsyncConnection, query: str, *params: Any) -> Any:
+    row = await (await db.execute(query, params)).fetchone()
+    return row[0] if row else None
+
+
+async def wait_for_run(client: httpx.AsyncClient, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await client.get(f"/v1/runs/{run_id}")
+        if response.status_code == 200 and response.json()["status"] in TERMINAL:
+            return response.json()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish in {timeout}s: {response.text}")
+
+
+async def wait_for_row(db: psycopg.AsyncConnection, query: str, *params: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await fetch_value(db, query, *params):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for: {query} {params}")

@@ -1,0 +1,99 @@
+"""Bad input gets a clear 4xx and starts nothing; a model's bad tool calls are data, not crashes."""
+
+import json
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import fetch_value, wait_for_run
+
+
+async def count_runs(db: psycopg.AsyncConnection) -> int:
+    return await fetch_value(db, "SELECT count(*) FROM dbos.workflow_status")
+
+
+async def test_unknown_agent_is_refused_and_nothing_starts(api: httpx.AsyncClient, db: psycopg.AsyncConnection) -> None:
+    before = await count_runs(db)
+
+    response = await api.post("/v1/runs", json={"agent": "nobody", "input": "hi"}, headers={"Idempotency-Key": "unknown-agent-1"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "unknown_agent"
+    assert "billing" in response.json()["error"]["message"]
+    assert await count_runs(db) == before
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json",
+    b'{"agent": "billing"}',
+    b'{"agent": "billing", "input": ""}',
+    b'{"agent": "billing", "input": "x", "priority": 1}',
+    b'["billing", "x"]',
+])
+async def test_malformed_bodies_get_422_with_details(api: httpx.AsyncClient, db: psycopg.AsyncConnection, body: bytes) -> None:
+    before = await count_runs(db)
+
+    response = await api.post("/v1/runs", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.json()["error"]["details"]
+    assert await count_runs(db) == before
+
+
+async def test_bad_idempotency_key_is_refused(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/runs", json={"agent": "probe", "input": "say hi"}, headers={"Idempotency-Key": "has spaces/and slashes"})
+    assert response.status_code == 422
+    assert "run ID must match" in response.json()["error"]["message"]
+
+
+async def test_unknown_run_is_404(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/runs/no-such-run")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "run_not_found"
+
+
+async def test_bad_cursor_is_400(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/runs", params={"cursor": "%%%"})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("fault", ["invalid_arguments", "malformed_arguments", "unknown_tool"])
+async def test_bad_tool_calls_go_back_to_the_model_and_the_run_continues(
+    api: httpx.AsyncClient, model: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str, fault: str
+) -> None:
+    text = f"Upgrade customer {customer} to the pro plan"
+    await model.post("/faults", json={"kind": fault, "match": customer, "after": 2})
+
+    run = await wait_for_run(api, (await api.post("/v1/runs", json={"agent": "billing", "input": text})).json()["run_id"])
+
+    assert run["status"] == "succeeded", run
+    assert run["turns"] == 7  # six turns plus the re-ask
+    assert await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer) == 1
+    told = await fetch_value(db, """SELECT payload -> 'messages' FROM keel.events
+                                    WHERE run_id = %s AND kind = 'llm_request' AND payload ->> 'turn' = '4'""", run["run_id"])
+    answer = next(message for message in told if message["role"] == "tool")
+    assert json.loads(answer["content"])["error"]["kind"] == "invalid_arguments"
+
+
+async def test_too_many_bad_replies_fail_the_run_with_a_reason(api: httpx.AsyncClient, model: httpx.AsyncClient, customer: str) -> None:
+    await model.post("/faults", json={"kind": "invalid_arguments", "match": customer, "times": 10})
+
+    response = await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})
+    run = await wait_for_run(api, response.json()["run_id"])
+
+    assert run["status"] == "failed"
+    assert run["reason"] == "invalid_model_output"
+    assert "customer_id" in run["error"]
+
+
+async def test_final_answer_must_match_the_output_type(api: httpx.AsyncClient, model: httpx.AsyncClient, customer: str) -> None:
+    await model.post("/faults", json={"kind": "bad_final", "match": customer, "times": 1})
+
+    response = await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})
+    run = await wait_for_run(api, response.json()["run_id"])
+
+    assert run["status"] == "succeeded"
+    assert run["turns"] == 7
+    assert run["output"]["customer_id"] == customer
