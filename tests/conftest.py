@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from app.database import migrate, psycopg_conninfo, start_embedded_postgres
+from app.database import migrate, psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 TEST_DATABASE = "keel_test"
@@ -25,16 +25,22 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 _customers = itertools.count(1)
 
 
+EMBEDDED_TEST_DIR = ROOT / ".keel" / "test"
+
+
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    server = os.environ.get("DATABASE_URL") or start_embedded_postgres(ROOT / ".keel" / "test")
+def database_url() -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    server = external or start_embedded_postgres(EMBEDDED_TEST_DIR)
     url = make_url(server).set(database=TEST_DATABASE).render_as_string(hide_password=False)
     maintenance = make_url(server).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(maintenance, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
     migrate(url)
-    return url
+    yield url
+    if not external:
+        stop_embedded_postgres(EMBEDDED_TEST_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -340,12 +340,24 @@ async def test_times_counts_down_and_earliest_fault_of_a_kind_goes_first(model: 
     assert statuses == [500, 500, 429, 200]
 
 
+async def test_after_lets_requests_pass_before_the_fault_applies(model: AsyncOpenAI, root: str) -> None:
+    add_fault(root, kind="status", status=503, after=2)
+    statuses = []
+    for _ in range(4):
+        try:
+            await ask(model, user("say ok"))
+            statuses.append(200)
+        except openai.APIStatusError as error:
+            statuses.append(error.status_code)
+    assert statuses == [200, 200, 503, 200]
+
+
 async def test_fault_admin_validates_lists_and_clears(root: str) -> None:
     assert httpx.post(f"{root}/faults", json={"kind": "explode"}).status_code == 422
     assert httpx.post(f"{root}/faults", json={"kind": "status", "times": 0}).status_code == 422
     fault_id = add_fault(root, kind="delay", seconds=1.5, match="slow")
     assert pending_faults(root) == [{"id": fault_id, "kind": "delay", "match": "slow", "times": 1,
-                                     "status": 429, "retry_after": None, "seconds": 1.5}]
+                                     "status": 429, "retry_after": None, "seconds": 1.5, "after": 0, "passed": 0}]
     assert httpx.delete(f"{root}/faults").json() == {"cleared": 1}
     assert pending_faults(root) == []
 

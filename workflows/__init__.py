@@ -29,4 +29,5 @@ __all__ = [
     "get_run",
     "list_runs",
     "start_run",
+    "tool",
 ]
