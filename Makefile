@@ -19,4 +19,5 @@ test: install
 	$(BIN)/pytest
 
 clean:
+	-$(BIN)/keel stop-database
 	rm -rf $(VENV) .keel

@@ -50,6 +50,15 @@ def database_url_command() -> None:
     click.echo(database_url(get_settings()))
 
 
+@main.command("stop-database")
+def stop_database() -> None:
+    """Stop the embedded PostgreSQL (it outlives the service, so restarts are fast)."""
+    from app.database import stop_embedded_postgres
+
+    stop_embedded_postgres(get_settings().data_dir)
+    click.echo("stopped")
+
+
 @main.command()
 @click.argument("agent")
 @click.argument("input")
