@@ -95,13 +95,49 @@ def runs(status_filter: str | None, agent: str | None, limit: int) -> None:
         click.echo(f"{item['created_at'][:19]}  {item['run_id']:<34} {item['agent'] or '-':<10} {item['status']}{reason}")
 
 
+@main.command()
+@click.option("--status", "status_filter", default="pending", show_default=True, help="pending, approved, rejected, expired or all")
+def approvals(status_filter: str) -> None:
+    """List approval requests (the inbox)."""
+    params = {} if status_filter == "all" else {"status": status_filter}
+    for item in request("GET", "/v1/approvals", params=params):
+        arguments = json.dumps(item["arguments"])
+        click.echo(f"{item['approval_id']}  {item['status']:<8} {item['tool']} {arguments}  expires {item['expires_at'][:19]}")
+
+
+@main.command()
+@click.argument("approval_id")
+@click.option("--comment", default=None)
+@click.option("--by", "decided_by", default="cli", show_default=True, help="Who decides.")
+def approve(approval_id: str, comment: str | None, decided_by: str) -> None:
+    """Approve a waiting tool call: the run goes on."""
+    decide_command(approval_id, "approve", comment, decided_by)
+
+
+@main.command()
+@click.argument("approval_id")
+@click.option("--comment", default=None)
+@click.option("--by", "decided_by", default="cli", show_default=True, help="Who decides.")
+def reject(approval_id: str, comment: str | None, decided_by: str) -> None:
+    """Reject a waiting tool call."""
+    decide_command(approval_id, "reject", comment, decided_by)
+
+
+def decide_command(approval_id: str, decision: str, comment: str | None, decided_by: str) -> None:
+    body = {"decision": decision, "comment": comment, "decided_by": decided_by}
+    item = request("POST", f"/v1/approvals/{approval_id}", json=body)
+    click.echo(f"{item['approval_id']}: {item['status']} by {item['decided_by']}")
+
+
 def wait_for(run_id: str, interval: float = 0.5) -> dict[str, Any]:
     last = None
     while True:
         current = request("GET", f"/v1/runs/{run_id}")
         progress = (current["status"], current["turns"])
         if progress != last:
-            click.echo(f"  {current['status']}, turn {current['turns']}", err=True)
+            waiting = current.get("pending_approval")
+            detail = f" (keel approve {waiting['approval_id']})" if waiting else ""
+            click.echo(f"  {current['status']}, turn {current['turns']}{detail}", err=True)
             last = progress
         if current["status"] in TERMINAL:
             return current

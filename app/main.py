@@ -18,9 +18,9 @@ from app import sandbox, scripted_model
 from app.config import Settings, get_settings
 from app.database import database_url, migrate, psycopg_conninfo, redact
 from app.demo import billing
-from app.routers import runs
+from app.routers import approvals, runs
 from steps import db, failpoints, llm
-from workflows import IdempotencyConflict, RunNotFound, UnknownAgent, UserError
+from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunNotFound, UnknownAgent, UserError
 
 log = logging.getLogger("keel")
 DEMO_INPUT = "Upgrade customer C-42 to the pro plan"
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Durable execution for AI agents, native to PostgreSQL.")
     app.state.settings = settings or get_settings()
     app.include_router(runs.router)
+    app.include_router(approvals.router)
     app.include_router(sandbox.router, prefix="/sandbox")
     if app.state.settings.offline:
         app.mount("/scripted", scripted_model.create_app())
@@ -109,9 +110,9 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
-        if isinstance(exc, RunNotFound):
-            return error(404, "run_not_found", str(exc))
-        if isinstance(exc, IdempotencyConflict):
-            return error(409, "idempotency_conflict", str(exc))
+        if isinstance(exc, (RunNotFound, ApprovalNotFound)):
+            return error(404, "not_found", str(exc))
+        if isinstance(exc, (IdempotencyConflict, ApprovalConflict)):
+            return error(409, "conflict", str(exc))
         code = "unknown_agent" if isinstance(exc, UnknownAgent) else "invalid_request"
         return error(422, code, str(exc))

@@ -1,7 +1,7 @@
 """Request and response models of the HTTP API (separate from durable state, which is plain JSON)."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,28 @@ class RunStarted(BaseModel):
     status: str
 
 
+class ApprovalView(BaseModel):
+    approval_id: str
+    run_id: str
+    tool: str
+    arguments: dict[str, Any]
+    status: Literal["pending", "approved", "rejected", "expired"]
+    requested_at: datetime
+    expires_at: datetime
+    escalations: int
+    decided_by: str | None
+    decided_at: datetime | None
+    comment: str | None
+
+
+class ApprovalDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comment: str | None = Field(None, max_length=2000)
+    decided_by: str = Field("anonymous", min_length=1, max_length=200, description="Who decides (until API keys exist)")
+
+
 class RunView(BaseModel):
     run_id: str
     agent: str | None
@@ -30,6 +52,7 @@ class RunView(BaseModel):
     tokens: int
     created_at: datetime
     updated_at: datetime
+    pending_approval: ApprovalView | None = None
 
 
 class RunPage(BaseModel):

@@ -7,7 +7,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from psycopg import AsyncConnection
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
@@ -33,6 +33,31 @@ class ToolContext:
 
 Reconcile = Callable[[ToolContext], Awaitable[Any]]
 KeyFunction = Callable[[dict[str, Any]], str]
+ApprovalRule = bool | Callable[[dict[str, Any]], bool]
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalPolicy:
+    """When a person must approve a call, how long they have, and what a "no" means.
+
+    `on_reject="tell_model"` answers the model that the call was refused (it may go on without it);
+    `"fail"` fails the run. At the deadline the request is rejected, or with `on_expire="escalate"`
+    given one more `timeout` (an `approval_escalated` event marks it) before it is rejected."""
+
+    required: ApprovalRule = False
+    timeout: float = DAY
+    on_reject: Literal["tell_model", "fail"] = "tell_model"
+    on_expire: Literal["reject", "escalate"] = "reject"
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise UserError(f"approval timeout must be positive, not {self.timeout}")
+        if self.on_reject not in ("tell_model", "fail") or self.on_expire not in ("reject", "escalate"):
+            raise UserError("on_reject must be 'tell_model' or 'fail'; on_expire 'reject' or 'escalate'")
+
+    def needed_for(self, arguments: dict[str, Any]) -> bool:
+        return bool(self.required(arguments) if callable(self.required) else self.required)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -44,6 +69,7 @@ class Tool:
     takes_ctx: bool
     result: TypeAdapter[Any]
     retry: RetryPolicy
+    approval: ApprovalPolicy
     idempotency_key: KeyFunction | None = None
     reconcile: Reconcile | None = None
 
@@ -86,21 +112,31 @@ def tool(
     idempotency_key: KeyFunction | None = None,
     reconcile: Reconcile | None = None,
     retry: RetryPolicy | None = None,
+    requires_approval: ApprovalRule = False,
+    approval: ApprovalPolicy | None = None,
 ) -> Any:
     """Declare a tool: bare `@tool`, or `@tool(idempotency_key=..., reconcile=..., retry=...)`.
+
+    `requires_approval` (True, or a predicate of the arguments such as
+    `lambda a: a["amount_cents"] > 10_000`) makes the run wait for a person's decision before the
+    call; `approval=ApprovalPolicy(...)` sets the deadline and what a rejection means.
 
     `idempotency_key(arguments)` gives a business key, so the same effect is deduplicated across
     runs; by default a call's key is `<run_id>:<step_id>`. `reconcile(ctx)` is asked, when a
     previous attempt recorded its intent but no outcome, whether the effect already happened."""
 
+    if requires_approval and approval is not None:
+        raise UserError("give either requires_approval or approval=ApprovalPolicy(required=...), not both")
+    policy = approval or ApprovalPolicy(required=requires_approval)
+
     def build(fn: Callable[..., Awaitable[Any]]) -> Tool:
-        return _build_tool(fn, name=name, idempotency_key=idempotency_key, reconcile=reconcile, retry=retry)
+        return _build_tool(fn, name=name, idempotency_key=idempotency_key, reconcile=reconcile, retry=retry, approval=policy)
 
     return build(function) if function is not None else build
 
 
 def _build_tool(fn: Callable[..., Awaitable[Any]], *, name: str | None, idempotency_key: KeyFunction | None,
-                reconcile: Reconcile | None, retry: RetryPolicy | None) -> Tool:
+                reconcile: Reconcile | None, retry: RetryPolicy | None, approval: ApprovalPolicy) -> Tool:
     tool_name = name or fn.__name__
     if not TOOL_NAME.match(tool_name):
         raise UserError(f"tool name {tool_name!r} must match {TOOL_NAME.pattern}")
@@ -129,6 +165,7 @@ def _build_tool(fn: Callable[..., Awaitable[Any]], *, name: str | None, idempote
         takes_ctx=takes_ctx,
         result=TypeAdapter(hints.get("return", Any)),
         retry=retry or RetryPolicy(),
+        approval=approval,
         idempotency_key=idempotency_key,
         reconcile=reconcile,
     )

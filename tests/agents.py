@@ -5,7 +5,7 @@ The scripted model drives it with inputs like `call pay with {"customer_id": "C-
 from typing import Any
 
 from app.demo.billing.tools import http
-from workflows import Agent, AskModel, PermanentToolError, RetryPolicy, ToolContext, TransientToolError, tool
+from workflows import Agent, ApprovalPolicy, AskModel, PermanentToolError, RetryPolicy, ToolContext, TransientToolError, tool
 
 
 @tool
@@ -48,10 +48,37 @@ async def open_ticket(ctx: ToolContext, customer_id: str, subject: str) -> dict[
     return {"ticket_id": f"T-{row[0]}"}
 
 
+@tool(requires_approval=True)
+async def transfer(ctx: ToolContext, customer_id: str, amount_cents: int) -> dict[str, Any]:
+    """Move money (a person must approve); the effect is a row in sandbox.payments."""
+    await ctx.db.execute(
+        """INSERT INTO sandbox.payments (charge_id, idempotency_key, customer_id, amount_cents, description)
+           VALUES (%s, %s, %s, %s, 'transfer')""", (f"tr_{ctx.idempotency_key}", ctx.idempotency_key, customer_id, amount_cents))
+    return {"transferred": amount_cents}
+
+
+@tool(approval=ApprovalPolicy(required=True, on_reject="fail"))
+async def strict_transfer(customer_id: str, amount_cents: int) -> dict[str, Any]:
+    """Like transfer, but a rejection fails the run."""
+    return {"transferred": amount_cents}
+
+
+@tool(approval=ApprovalPolicy(required=True, timeout=1))
+async def quick_confirm(note: str) -> str:
+    """Needs approval within a second."""
+    return note
+
+
+@tool(approval=ApprovalPolicy(required=True, timeout=1, on_expire="escalate"))
+async def escalating_confirm(note: str) -> str:
+    """Needs approval within a second, escalated once before it expires."""
+    return note
+
+
 probe = Agent(
     "probe",
     instructions="Call the tools you are asked to call.",
-    tools=[pay, flaky, refuse, square, open_ticket],
+    tools=[pay, flaky, refuse, square, open_ticket, transfer, strict_transfer, quick_confirm, escalating_confirm],
     max_turns=6,
     max_reasks=2,
 )

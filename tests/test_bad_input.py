@@ -51,7 +51,7 @@ async def test_bad_idempotency_key_is_refused(api: httpx.AsyncClient) -> None:
 async def test_unknown_run_is_404(api: httpx.AsyncClient) -> None:
     response = await api.get("/v1/runs/no-such-run")
     assert response.status_code == 404
-    assert response.json()["error"]["code"] == "run_not_found"
+    assert response.json()["error"]["code"] == "not_found"
 
 
 async def test_bad_cursor_is_400(api: httpx.AsyncClient) -> None:

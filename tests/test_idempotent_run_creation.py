@@ -34,5 +34,5 @@ async def test_same_key_with_a_different_request_is_a_conflict(api: httpx.AsyncC
     response = await api.post("/v1/runs", json={"agent": "probe", "input": "say two"}, headers={"Idempotency-Key": key})
 
     assert response.status_code == 409
-    assert response.json()["error"]["code"] == "idempotency_conflict"
+    assert response.json()["error"]["code"] == "conflict"
     assert (await wait_for_run(api, key))["output"] == "one"

@@ -5,12 +5,17 @@
 
 from steps.errors import AskModel, KeelError, PermanentToolError, RunFailed, ToolError, TransientToolError, UserError
 from steps.retry import RetryPolicy
-from steps.tools import Tool, ToolContext, tool
+from steps.approvals import ApprovalConflict, ApprovalNotFound
+from steps.tools import ApprovalPolicy, Tool, ToolContext, tool
 from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
+from workflows.approvals import decide, get_approval, list_approvals
 from workflows.runs import IdempotencyConflict, RunNotFound, get_run, list_runs, start_run
 
 __all__ = [
     "Agent",
+    "ApprovalConflict",
+    "ApprovalNotFound",
+    "ApprovalPolicy",
     "AskModel",
     "IdempotencyConflict",
     "KeelError",
@@ -25,8 +30,11 @@ __all__ = [
     "UnknownAgent",
     "UserError",
     "agent_names",
+    "decide",
+    "get_approval",
     "get_agent",
     "get_run",
+    "list_approvals",
     "list_runs",
     "start_run",
     "tool",

@@ -2,6 +2,7 @@
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -38,7 +39,9 @@ class Agent:
         max_turns: int = 10,
         max_reasks: int = 3,
         model_retry: RetryPolicy | None = None,
+        requires_approval: Callable[[Tool, dict[str, Any]], bool] | None = None,
     ) -> None:
+        """`requires_approval(tool, arguments)` adds an agent-wide rule to the tools' own."""
         if not AGENT_NAME.match(name):
             raise UserError(f"agent name {name!r} must match {AGENT_NAME.pattern}")
         if name in _registry:
@@ -57,6 +60,7 @@ class Agent:
         self.max_turns = max_turns
         self.max_reasks = max_reasks
         self.model_retry = model_retry or RetryPolicy()
+        self.requires_approval = requires_approval
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         _registry[name] = self
 
@@ -68,6 +72,9 @@ class Agent:
             return self.instructions
         schema = json.dumps(self.output_type.model_json_schema())
         return f"{self.instructions}\n\nWhen you are done, reply with only a JSON object matching this JSON schema:\n{schema}"
+
+    def needs_approval(self, tool: Tool, arguments: dict[str, Any]) -> bool:
+        return tool.approval.needed_for(arguments) or bool(self.requires_approval and self.requires_approval(tool, arguments))
 
     def parse_output(self, content: str | None) -> tuple[Any, str | None]:
         """The final answer as JSON, or the problem to tell the model."""

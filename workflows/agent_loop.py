@@ -15,6 +15,7 @@ from steps.events import record_step
 from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
 from workflows.agent import Agent, get_agent
+from workflows.approvals import await_approval
 
 INVALID_REPLY = "invalid_arguments"
 
@@ -58,6 +59,13 @@ async def run_tool_call(agent: Agent, call: dict[str, Any], problems: "Reasks") 
     if found is None or problem is not None:
         await problems.count(problem or "unknown tool")
         return tool_message(call["id"], {"error": {"kind": INVALID_REPLY, "message": problem}})
+    if agent.needs_approval(found, arguments):
+        decision = await await_approval(found, arguments, call["id"])
+        if decision["status"] != "approved":
+            message = f"a person did not approve this call ({decision['status']}): {decision['comment'] or 'no comment'}"
+            if found.approval.on_reject == "fail":
+                await fail("approval_rejected", f"{found.name}: {message}")
+            return tool_message(call["id"], {"error": {"kind": "not_approved", "message": message}})
     outcome = await tool_call_step(found, arguments, call["id"])
     if outcome["ok"]:
         return tool_message(call["id"], outcome["result"])

@@ -9,13 +9,13 @@ from dbos import DBOS, SetWorkflowID
 from psycopg.rows import dict_row
 
 from steps import db
+from steps.approvals import get_approval
 from steps.errors import UserError
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-COLUMNS = "run_id, agent, input, status, reason, output, error, turns, tokens, created_at, updated_at"
+COLUMNS = "run_id, agent, input, status, reason, output, error, turns, tokens, created_at, updated_at, pending_approval_id"
 
 
 class IdempotencyConflict(UserError):
@@ -46,6 +46,7 @@ async def get_run(run_id: str) -> dict[str, Any]:
         row = await (await cursor.execute(f"SELECT {COLUMNS} FROM keel.runs WHERE run_id = %s", (run_id,))).fetchone()
     if row is None:
         raise RunNotFound(f"no run {run_id!r}")
+    row["pending_approval"] = await get_approval(row["pending_approval_id"]) if row["pending_approval_id"] else None
     return row
 
 

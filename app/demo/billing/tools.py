@@ -3,7 +3,8 @@
 `create_ticket` and `update_plan` write to Keel's own database through `ctx.db`, so their effect
 commits with the ledger's outcome, exactly once. `charge_customer` and `send_email` call HTTP
 services and send the call's idempotency key; `charge_customer` can also reconcile: ask the
-payments service whether a charge with its key already exists."""
+payments service whether a charge with its key already exists. A charge above $100 waits for a
+person's approval."""
 
 from typing import Any
 
@@ -72,7 +73,10 @@ async def find_charge(ctx: ToolContext) -> Charge | None:
     return Charge.model_validate(found[0]) if found else None
 
 
-@tool(reconcile=find_charge)
+APPROVAL_THRESHOLD_CENTS = 10_000
+
+
+@tool(reconcile=find_charge, requires_approval=lambda arguments: arguments["amount_cents"] > APPROVAL_THRESHOLD_CENTS)
 async def charge_customer(ctx: ToolContext, customer_id: str, amount_cents: int, description: str) -> Charge:
     """Charge the customer's card on file.
 

@@ -1,0 +1,31 @@
+"""`/v1/approvals`: the inbox of tool calls waiting for a person, and their decisions."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from app.schemas import ApprovalDecision, ApprovalView
+from workflows import decide, get_approval, list_approvals
+
+router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
+
+
+@router.get("", response_model=list[ApprovalView])
+async def read_approvals(
+    status: Literal["pending", "approved", "rejected", "expired"] | None = None,
+    run_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict]:
+    """Oldest first; `?status=pending` is the inbox."""
+    return await list_approvals(status=status, run_id=run_id, limit=limit)
+
+
+@router.get("/{approval_id}", response_model=ApprovalView)
+async def read_approval(approval_id: str) -> dict:
+    return await get_approval(approval_id)
+
+
+@router.post("/{approval_id}", response_model=ApprovalView)
+async def decide_approval(approval_id: str, body: ApprovalDecision) -> dict:
+    """Approve or reject. The same decision again returns the recorded one; a different one is 409."""
+    return await decide(approval_id, body.decision, decided_by=body.decided_by, comment=body.comment)

@@ -1,0 +1,105 @@
+"""The approval inbox, `keel.approvals`: requests, decisions and expiry.
+
+The table is the truth about a decision; the DBOS message a decision sends only wakes the waiting
+run, which then settles the request from the table. So a decision is never lost, even if the
+process that recorded it died before the message went out."""
+
+from typing import Any
+
+from dbos import DBOS
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from steps import db, events
+from steps.errors import UserError
+
+COLUMNS = """approval_id, run_id, tool, arguments, status, requested_at, expires_at, escalations,
+             decided_by, decided_at, comment"""
+DECISIONS = {"approve": "approved", "reject": "rejected"}
+
+
+class ApprovalNotFound(UserError):
+    pass
+
+
+class ApprovalConflict(UserError):
+    """A decision that contradicts the recorded one, or comes after expiry."""
+
+
+@DBOS.step(name="keel.approval_request")
+async def request_approval_step(tool: str, arguments: dict[str, Any], tool_call_id: str, timeout: float) -> dict[str, Any]:
+    """Open an approval request for a tool call; returns its ID (the same on re-execution)."""
+    run_id, step_id = DBOS.workflow_id, DBOS.step_id
+    assert run_id is not None and step_id is not None, "request_approval_step runs inside a workflow"
+    approval_id = f"{run_id}:approval:{step_id}"
+    async with db.pool().connection() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO keel.approvals (approval_id, run_id, step_id, tool, tool_call_id, arguments, status, expires_at)
+               VALUES (%s, %s, %s, %s, %s, %s, 'pending', now() + make_interval(secs => %s))
+               ON CONFLICT (approval_id) DO NOTHING""",
+            (approval_id, run_id, step_id, tool, tool_call_id, Jsonb(arguments), timeout))
+        await events.record(run_id, step_id, "approval_requested",
+                            {"approval_id": approval_id, "tool": tool, "arguments": arguments, "timeout": timeout}, conn=conn)
+    return {"approval_id": approval_id}
+
+
+@DBOS.step(name="keel.approval_settle")
+async def settle_approval_step(approval_id: str, *, escalate: bool, timeout: float) -> dict[str, Any]:
+    """After the wait: the recorded decision, or (still pending) escalate or expire the request."""
+    run_id, step_id = DBOS.workflow_id, DBOS.step_id
+    assert run_id is not None and step_id is not None, "settle_approval_step runs inside a workflow"
+    async with db.pool().connection() as conn, conn.transaction():
+        cursor = conn.cursor(row_factory=dict_row)
+        if escalate:
+            await cursor.execute(
+                """UPDATE keel.approvals SET escalations = escalations + 1, expires_at = now() + make_interval(secs => %s)
+                   WHERE approval_id = %s AND status = 'pending'""", (timeout, approval_id))
+        else:
+            await cursor.execute(
+                "UPDATE keel.approvals SET status = 'expired', decided_at = now() WHERE approval_id = %s AND status = 'pending'",
+                (approval_id,))
+        row = await (await cursor.execute(f"SELECT {COLUMNS} FROM keel.approvals WHERE approval_id = %s", (approval_id,))).fetchone()
+        assert row is not None
+        outcome = {"approval_id": approval_id, "status": row["status"], "decided_by": row["decided_by"], "comment": row["comment"]}
+        kind = "approval_escalated" if row["status"] == "pending" else "approval_decided"
+        await events.record(run_id, step_id, kind, outcome, conn=conn)
+    return outcome
+
+
+async def record_decision(approval_id: str, decision: str, decided_by: str, comment: str | None) -> dict[str, Any]:
+    """Decide a pending request. Repeating the recorded decision is a no-op; contradicting it is refused."""
+    status = DECISIONS[decision]
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        row = await (await cursor.execute(
+            f"""UPDATE keel.approvals SET status = %s, decided_by = %s, comment = %s, decided_at = now()
+                WHERE approval_id = %s AND status = 'pending' RETURNING {COLUMNS}""",
+            (status, decided_by, comment, approval_id))).fetchone()
+        if row is not None:
+            return row
+        row = await get_approval(approval_id)
+    if row["status"] != status:
+        raise ApprovalConflict(f"approval {approval_id} is already {row['status']}")
+    return row
+
+
+async def get_approval(approval_id: str) -> dict[str, Any]:
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        row = await (await cursor.execute(f"SELECT {COLUMNS} FROM keel.approvals WHERE approval_id = %s", (approval_id,))).fetchone()
+    if row is None:
+        raise ApprovalNotFound(f"no approval {approval_id!r}")
+    return row
+
+
+async def list_approvals(*, status: str | None = None, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The inbox, oldest request first."""
+    query = f"SELECT {COLUMNS} FROM keel.approvals WHERE true"
+    params: list[Any] = []
+    for column, value in (("status", status), ("run_id", run_id)):
+        if value is not None:
+            query += f" AND {column} = %s"
+            params.append(value)
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        return await (await cursor.execute(f"{query} ORDER BY requested_at, approval_id LIMIT %s", [*params, limit])).fetchall()
