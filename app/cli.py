@@ -10,7 +10,7 @@ import httpx
 
 from app.config import get_settings
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 
 
 @click.group()
@@ -84,7 +84,7 @@ def status(run_id: str) -> None:
 
 
 @main.command()
-@click.option("--status", "status_filter", default=None, help="queued, running, succeeded, failed or cancelled")
+@click.option("--status", "status_filter", default=None, help="e.g. running, awaiting_approval, succeeded, failed, compensated")
 @click.option("--agent", default=None)
 @click.option("--limit", default=20, show_default=True)
 def runs(status_filter: str | None, agent: str | None, limit: int) -> None:
@@ -93,6 +93,20 @@ def runs(status_filter: str | None, agent: str | None, limit: int) -> None:
     for item in request("GET", "/v1/runs", params=params)["runs"]:
         reason = f" ({item['reason']})" if item["reason"] else ""
         click.echo(f"{item['created_at'][:19]}  {item['run_id']:<34} {item['agent'] or '-':<10} {item['status']}{reason}")
+
+
+@main.command()
+@click.argument("run_id")
+def cancel(run_id: str) -> None:
+    """Cancel a run: it stops, and its effects are undone newest first."""
+    show(request("POST", f"/v1/runs/{run_id}/cancel"))
+
+
+@main.command()
+@click.argument("run_id")
+def compensate(run_id: str) -> None:
+    """Retry a run's compensations that gave up."""
+    show(request("POST", f"/v1/runs/{run_id}/compensate"))
 
 
 @main.command()

@@ -20,7 +20,8 @@ from app.database import database_url, migrate, psycopg_conninfo, redact
 from app.demo import billing
 from app.routers import approvals, runs
 from steps import db, failpoints, llm
-from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunNotFound, UnknownAgent, UserError
+from workflows import (ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent,
+                       UserError)
 
 log = logging.getLogger("keel")
 DEMO_INPUT = "Upgrade customer C-42 to the pro plan"
@@ -112,7 +113,7 @@ def add_error_handlers(app: FastAPI) -> None:
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         if isinstance(exc, (RunNotFound, ApprovalNotFound)):
             return error(404, "not_found", str(exc))
-        if isinstance(exc, (IdempotencyConflict, ApprovalConflict)):
+        if isinstance(exc, (IdempotencyConflict, ApprovalConflict, RunConflict)):
             return error(409, "conflict", str(exc))
         code = "unknown_agent" if isinstance(exc, UnknownAgent) else "invalid_request"
         return error(422, code, str(exc))

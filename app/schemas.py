@@ -40,6 +40,15 @@ class ApprovalDecision(BaseModel):
     decided_by: str = Field("anonymous", min_length=1, max_length=200, description="Who decides (until API keys exist)")
 
 
+class CompensationView(BaseModel):
+    n: int
+    tool: str
+    idempotency_key: str
+    workflow_id: str | None
+    status: Literal["pending", "running", "succeeded", "failed", "irreversible"]
+    error: dict[str, Any] | None
+
+
 class RunView(BaseModel):
     run_id: str
     agent: str | None
@@ -53,6 +62,7 @@ class RunView(BaseModel):
     created_at: datetime
     updated_at: datetime
     pending_approval: ApprovalView | None = None
+    compensations: list[CompensationView] = Field(default_factory=list, description="Effects undone, pending or left in place")
 
 
 class RunPage(BaseModel):

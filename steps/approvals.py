@@ -103,3 +103,10 @@ async def list_approvals(*, status: str | None = None, run_id: str | None = None
     async with db.pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         return await (await cursor.execute(f"{query} ORDER BY requested_at, approval_id LIMIT %s", [*params, limit])).fetchall()
+
+
+async def cancel_pending_approvals(run_id: str) -> None:
+    """A cancelled run's open requests leave the inbox."""
+    async with db.pool().connection() as conn:
+        await conn.execute("UPDATE keel.approvals SET status = 'cancelled', decided_at = now() WHERE run_id = %s AND status = 'pending'",
+                           (run_id,))

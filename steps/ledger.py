@@ -53,11 +53,13 @@ class Outcome:
 
 
 @DBOS.step(name="keel.tool_call")
-async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str) -> dict[str, Any]:
-    """One tool call, retried by the tool's policy; returns `{"ok": ...}`, never raises."""
+async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str, key: str | None = None) -> dict[str, Any]:
+    """One tool call, retried by the tool's policy; returns `{"ok": ...}`, never raises.
+
+    The idempotency key is `key` if given, else the tool's business key, else `<run_id>:<step_id>`."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
-    key = tool.business_key(arguments) or f"{run_id}:{step_id}"
+    key = key or tool.business_key(arguments) or f"{run_id}:{step_id}"
     call = Call(tool=tool, key=key, run_id=run_id, step_id=step_id, tool_call_id=tool_call_id, arguments=arguments)
     await events.record(run_id, step_id, "tool_call", {"tool": tool.name, "idempotency_key": key, "arguments": arguments})
 

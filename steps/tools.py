@@ -3,6 +3,7 @@
 The JSON schema the model sees comes from the signature, the description and argument help from
 the docstring (Google style `Args:`); Pydantic validates the model's arguments before the call."""
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,10 @@ class Tool:
     approval: ApprovalPolicy
     idempotency_key: KeyFunction | None = None
     reconcile: Reconcile | None = None
+    compensation: "Tool | None" = None
+    """Undoes this tool's effect when the run fails or is cancelled: called as
+    `compensation(ctx, arguments=<the call's arguments>, result=<its recorded result>)`."""
+    irreversible: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.function(*args, **kwargs)
@@ -114,6 +119,8 @@ def tool(
     retry: RetryPolicy | None = None,
     requires_approval: ApprovalRule = False,
     approval: ApprovalPolicy | None = None,
+    compensation: "Callable[..., Awaitable[Any]] | Tool | None" = None,
+    irreversible: bool = False,
 ) -> Any:
     """Declare a tool: bare `@tool`, or `@tool(idempotency_key=..., reconcile=..., retry=...)`.
 
@@ -121,16 +128,32 @@ def tool(
     `lambda a: a["amount_cents"] > 10_000`) makes the run wait for a person's decision before the
     call; `approval=ApprovalPolicy(...)` sets the deadline and what a rejection means.
 
+    `compensation` undoes the effect if the run later fails or is cancelled: an async function
+    `(ctx, arguments: dict, result)` (or a `@tool` of one, to give it a retry policy). It runs as its
+    own durable workflow, exactly once, with an idempotency key of its own. `irreversible=True`
+    marks an effect that cannot be undone: the model is told to call it last, and a failed run
+    lists it among the effects left in place.
+
     `idempotency_key(arguments)` gives a business key, so the same effect is deduplicated across
     runs; by default a call's key is `<run_id>:<step_id>`. `reconcile(ctx)` is asked, when a
     previous attempt recorded its intent but no outcome, whether the effect already happened."""
 
     if requires_approval and approval is not None:
         raise UserError("give either requires_approval or approval=ApprovalPolicy(required=...), not both")
+    if compensation is not None and irreversible:
+        raise UserError("a tool with a compensation is not irreversible")
     policy = approval or ApprovalPolicy(required=requires_approval)
 
     def build(fn: Callable[..., Awaitable[Any]]) -> Tool:
-        return _build_tool(fn, name=name, idempotency_key=idempotency_key, reconcile=reconcile, retry=retry, approval=policy)
+        built = _build_tool(fn, name=name, idempotency_key=idempotency_key, reconcile=reconcile, retry=retry, approval=policy)
+        undo = None
+        if compensation is not None:
+            undo = compensation if isinstance(compensation, Tool) else _build_tool(
+                compensation, name=f"undo_{built.name}", idempotency_key=None, reconcile=None, retry=None, approval=ApprovalPolicy())
+            if set(undo.arguments.model_fields) != {"arguments", "result"}:
+                raise UserError(f"compensation of {built.name!r} must take (ctx, arguments: dict, result)")
+        description = f"{built.description} This cannot be undone: call it last." if irreversible else built.description
+        return dataclasses.replace(built, compensation=undo, irreversible=irreversible, description=description)
 
     return build(function) if function is not None else build
 

@@ -21,7 +21,7 @@ from app.database import migrate, psycopg_conninfo, start_embedded_postgres, sto
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 TEST_DATABASE = "keel_test"
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)
 
 

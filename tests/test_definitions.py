@@ -102,6 +102,6 @@ def test_model_replies_are_parsed_into_problems_not_exceptions() -> None:
 
 
 def test_the_public_api_is_pinned() -> None:
-    exported = {name for name in dir(workflows) if not name.startswith("_")} - {"agent", "agent_loop", "approvals", "runs"}
+    exported = {name for name in dir(workflows) if not name.startswith("_")} - {"agent", "agent_loop", "approvals", "runs", "saga"}
     assert set(workflows.__all__) == exported
     assert {"Agent", "tool", "ToolContext", "RetryPolicy", "AskModel", "UserError"} <= set(workflows.__all__)

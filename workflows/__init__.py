@@ -9,7 +9,8 @@ from steps.approvals import ApprovalConflict, ApprovalNotFound
 from steps.tools import ApprovalPolicy, Tool, ToolContext, tool
 from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
 from workflows.approvals import decide, get_approval, list_approvals
-from workflows.runs import IdempotencyConflict, RunNotFound, get_run, list_runs, start_run
+from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, get_run, list_runs,
+                            retry_failed_compensations, start_run)
 
 __all__ = [
     "Agent",
@@ -21,6 +22,7 @@ __all__ = [
     "KeelError",
     "PermanentToolError",
     "RetryPolicy",
+    "RunConflict",
     "RunFailed",
     "RunNotFound",
     "Tool",
@@ -30,12 +32,14 @@ __all__ = [
     "UnknownAgent",
     "UserError",
     "agent_names",
+    "cancel_run",
     "decide",
     "get_approval",
     "get_agent",
     "get_run",
     "list_approvals",
     "list_runs",
+    "retry_failed_compensations",
     "start_run",
     "tool",
 ]

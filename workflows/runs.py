@@ -9,10 +9,12 @@ from dbos import DBOS, SetWorkflowID
 from psycopg.rows import dict_row
 
 from steps import db
-from steps.approvals import get_approval
+from steps.approvals import cancel_pending_approvals, get_approval
+from steps.compensations import list_compensations
 from steps.errors import UserError
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
+from workflows.saga import retry_compensations, start_rollback
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 COLUMNS = "run_id, agent, input, status, reason, output, error, turns, tokens, created_at, updated_at, pending_approval_id"
@@ -20,6 +22,10 @@ COLUMNS = "run_id, agent, input, status, reason, output, error, turns, tokens, c
 
 class IdempotencyConflict(UserError):
     """The run ID (a client's idempotency key) is taken by a run with a different request."""
+
+
+class RunConflict(UserError):
+    """The run is not in a state that allows this (cancelling a finished run, say)."""
 
 
 class RunNotFound(UserError):
@@ -47,7 +53,28 @@ async def get_run(run_id: str) -> dict[str, Any]:
     if row is None:
         raise RunNotFound(f"no run {run_id!r}")
     row["pending_approval"] = await get_approval(row["pending_approval_id"]) if row["pending_approval_id"] else None
+    row["compensations"] = await list_compensations(run_id)
     return row
+
+
+async def cancel_run(run_id: str) -> dict[str, Any]:
+    """Stop a run and undo its effects; the run ends `cancelled`. Cancelling twice is a no-op."""
+    run = await get_run(run_id)
+    if run["status"] in ("succeeded", "failed", "compensated"):
+        raise RunConflict(f"run {run_id} already ended: {run['status']}")
+    await DBOS.cancel_workflow_async(run_id)
+    await cancel_pending_approvals(run_id)
+    await start_rollback(run_id, run["agent"], "cancelled")
+    return await get_run(run_id)
+
+
+async def retry_failed_compensations(run_id: str) -> dict[str, Any]:
+    """Wake the compensations of `run_id` that gave up, to try again (after an operator's fix)."""
+    failed = [c for c in (await get_run(run_id))["compensations"] if c["status"] == "failed"]
+    if not failed:
+        raise RunConflict(f"run {run_id} has no failed compensation")
+    await retry_compensations(failed)
+    return await get_run(run_id)
 
 
 async def list_runs(*, status: str | None = None, agent: str | None = None, limit: int = 50,

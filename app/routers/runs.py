@@ -8,10 +8,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, HTTPException, Query
 
 from app.schemas import RunCreate, RunPage, RunStarted, RunView
-from workflows import get_run, list_runs, start_run
+from workflows import cancel_run, get_run, list_runs, retry_failed_compensations, start_run
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
+                    "compensation_failed", "cancelled"]
 
 
 @router.post("", status_code=202, response_model=RunStarted)
@@ -24,6 +25,18 @@ async def create_run(body: RunCreate, idempotency_key: Annotated[str | None, Hea
 @router.get("/{run_id}", response_model=RunView)
 async def read_run(run_id: str) -> dict:
     return await get_run(run_id)
+
+
+@router.post("/{run_id}/cancel", response_model=RunView)
+async def cancel(run_id: str) -> dict:
+    """Stop the run and undo its effects, newest first. A finished run is 409."""
+    return await cancel_run(run_id)
+
+
+@router.post("/{run_id}/compensate", response_model=RunView)
+async def compensate(run_id: str) -> dict:
+    """Retry the compensations that gave up (after fixing what made them fail)."""
+    return await retry_failed_compensations(run_id)
 
 
 @router.get("", response_model=RunPage)

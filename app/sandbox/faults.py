@@ -21,7 +21,7 @@ RETURNING kind, seconds
 
 
 class FaultCreate(BaseModel):
-    service: Literal["payments", "mail"]
+    service: Literal["payments", "mail", "plans"]
     kind: FaultKind
     match: str | None = Field(None, description="Only requests whose body contains this text")
     times: int = Field(1, ge=1)

@@ -22,6 +22,11 @@ class ChargeCreate(BaseModel):
     description: str
 
 
+class RefundCreate(BaseModel):
+    charge_id: str
+    reason: str = "requested"
+
+
 class MessageCreate(BaseModel):
     to: str
     subject: str
@@ -65,6 +70,33 @@ async def list_charges(idempotency_key: Annotated[str | None, Query()] = None) -
         if idempotency_key is not None:
             return await (await cursor.execute(f"{query} WHERE idempotency_key = %s", (idempotency_key,))).fetchall()
         return await (await cursor.execute(f"{query} ORDER BY id DESC LIMIT 100")).fetchall()
+
+
+@router.post("/payments/refunds", status_code=201)
+async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Response) -> Any:
+    """Refund a charge in full, once per `Idempotency-Key`."""
+    async with db.pool().connection() as conn:
+        fault = await take_fault(conn, "payments", refund.model_dump_json())
+        if fault and fault.kind == "unavailable":
+            raise HTTPException(503, "payments unavailable (sandbox fault)", headers={"Retry-After": "0"})
+        cursor = conn.cursor(row_factory=dict_row)
+        async with conn.transaction():
+            charge = await (await cursor.execute(
+                "SELECT amount_cents, status FROM sandbox.payments WHERE charge_id = %s FOR UPDATE", (refund.charge_id,))).fetchone()
+            if charge is None:
+                raise HTTPException(404, f"no charge {refund.charge_id}")
+            created = await (await cursor.execute(
+                """INSERT INTO sandbox.refunds (refund_id, idempotency_key, charge_id, amount_cents) VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (idempotency_key) DO NOTHING RETURNING refund_id, charge_id, amount_cents""",
+                (f"re_{uuid.uuid4().hex[:16]}", key, refund.charge_id, charge["amount_cents"]))).fetchone()
+            if created is None:
+                response.status_code = 200
+                created = await (await cursor.execute(
+                    "SELECT refund_id, charge_id, amount_cents FROM sandbox.refunds WHERE idempotency_key = %s", (key,))).fetchone()
+            elif charge["status"] == "refunded":
+                raise HTTPException(409, f"charge {refund.charge_id} is already refunded")
+            await cursor.execute("UPDATE sandbox.payments SET status = 'refunded' WHERE charge_id = %s", (refund.charge_id,))
+    return await after_commit(fault, created)
 
 
 @router.post("/mail/messages", status_code=202)

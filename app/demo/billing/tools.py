@@ -4,14 +4,16 @@
 commits with the ledger's outcome, exactly once. `charge_customer` and `send_email` call HTTP
 services and send the call's idempotency key; `charge_customer` can also reconcile: ask the
 payments service whether a charge with its key already exists. A charge above $100 waits for a
-person's approval."""
+person's approval. If the run fails, the ticket is closed, the charge refunded and the plan
+restored, newest first; the email cannot be unsent."""
 
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
-from workflows import AskModel, ToolContext, tool
+from app.sandbox.faults import take_fault
+from workflows import AskModel, PermanentToolError, ToolContext, tool
 
 _http: httpx.AsyncClient | None = None
 
@@ -52,7 +54,14 @@ async def lookup_customer(ctx: ToolContext, customer_id: str) -> dict[str, Any]:
             "plans": {name: {"price_cents": price} for name, price in plans}}
 
 
-@tool
+async def close_ticket(ctx: ToolContext, arguments: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Undo `create_ticket`: close the ticket."""
+    ticket = int(result["ticket_id"].removeprefix("T-"))
+    await ctx.db.execute("UPDATE sandbox.tickets SET status = 'closed' WHERE id = %s", (ticket,))
+    return {"ticket_id": result["ticket_id"], "status": "closed"}
+
+
+@tool(compensation=close_ticket)
 async def create_ticket(ctx: ToolContext, customer_id: str, subject: str) -> dict[str, Any]:
     """Open a support ticket for the customer.
 
@@ -73,10 +82,19 @@ async def find_charge(ctx: ToolContext) -> Charge | None:
     return Charge.model_validate(found[0]) if found else None
 
 
+async def refund_charge(ctx: ToolContext, arguments: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Undo `charge_customer`: refund the charge in full."""
+    response = await http().post("/payments/refunds", json={"charge_id": result["charge_id"], "reason": "run rolled back"},
+                                 headers={"Idempotency-Key": ctx.idempotency_key})
+    response.raise_for_status()
+    return response.json()
+
+
 APPROVAL_THRESHOLD_CENTS = 10_000
 
 
-@tool(reconcile=find_charge, requires_approval=lambda arguments: arguments["amount_cents"] > APPROVAL_THRESHOLD_CENTS)
+@tool(reconcile=find_charge, compensation=refund_charge,
+      requires_approval=lambda arguments: arguments["amount_cents"] > APPROVAL_THRESHOLD_CENTS)
 async def charge_customer(ctx: ToolContext, customer_id: str, amount_cents: int, description: str) -> Charge:
     """Charge the customer's card on file.
 
@@ -94,7 +112,16 @@ async def charge_customer(ctx: ToolContext, customer_id: str, amount_cents: int,
     return Charge.model_validate(response.json())
 
 
-@tool
+async def restore_plan(ctx: ToolContext, arguments: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Undo `update_plan`: put the customer back on the previous plan."""
+    await ctx.db.execute("UPDATE sandbox.customers SET plan = %s WHERE id = %s", (result["previous_plan"], result["customer_id"]))
+    await ctx.db.execute(
+        "INSERT INTO sandbox.plan_changes (customer_id, from_plan, to_plan, idempotency_key) VALUES (%s, %s, %s, %s)",
+        (result["customer_id"], result["plan"], result["previous_plan"], ctx.idempotency_key))
+    return {"customer_id": result["customer_id"], "plan": result["previous_plan"]}
+
+
+@tool(compensation=restore_plan)
 async def update_plan(ctx: ToolContext, customer_id: str, plan: str) -> dict[str, Any]:
     """Move the customer to another plan.
 
@@ -102,6 +129,9 @@ async def update_plan(ctx: ToolContext, customer_id: str, plan: str) -> dict[str
         customer_id: The customer's ID.
         plan: The name of the new plan, such as pro.
     """
+    fault = await take_fault(ctx.db, "plans", customer_id)
+    if fault is not None:  # the demo's way to fail a run at this step and watch the rollback
+        raise PermanentToolError(f"the plan service refused to change {customer_id}'s plan (sandbox fault)")
     row = await (await ctx.db.execute(
         "SELECT plan FROM sandbox.customers WHERE id = %s FOR UPDATE", (customer_id,))).fetchone()
     if row is None:
@@ -116,7 +146,7 @@ async def update_plan(ctx: ToolContext, customer_id: str, plan: str) -> dict[str
     return {"customer_id": customer_id, "plan": plan, "previous_plan": row[0]}
 
 
-@tool
+@tool(irreversible=True)
 async def send_email(ctx: ToolContext, to: str, subject: str, body: str) -> dict[str, Any]:
     """Send an email to the customer.
 

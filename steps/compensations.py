@@ -1,0 +1,60 @@
+"""`keel.compensations`: which effects of a run are undone, waiting to be, or cannot be."""
+
+from typing import Any
+
+from dbos import DBOS
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from steps import db, events, failpoints
+
+EFFECTS = """
+SELECT idempotency_key, tool, arguments, result FROM keel.tool_calls
+WHERE run_id = %s AND status = 'succeeded'
+ORDER BY completed_at DESC, step_id DESC
+FOR UPDATE
+"""
+
+
+@DBOS.step(name="keel.compensation_plan")
+async def plan_compensations_step(run_id: str, compensable: list[str], irreversible: list[str]) -> list[dict[str, Any]]:
+    """The run's effects to undo, newest first, numbered from 1; irreversible ones are listed too.
+
+    Locking the run's ledger rows waits for a tool call still in flight (a cancelled run's last
+    step), so its effect is in the plan."""
+    plan: list[dict[str, Any]] = []
+    async with db.pool().connection() as conn, conn.transaction():
+        cursor = conn.cursor(row_factory=dict_row)
+        rows = await (await cursor.execute(EFFECTS, (run_id,))).fetchall()
+        for row in (r for r in rows if r["tool"] in compensable or r["tool"] in irreversible):
+            n = len(plan) + 1
+            status = "pending" if row["tool"] in compensable else "irreversible"
+            entry = {**row, "n": n, "status": status, "workflow_id": f"{run_id}:compensate:{n}" if status == "pending" else None}
+            await conn.execute(
+                """INSERT INTO keel.compensations (run_id, n, tool, idempotency_key, workflow_id, status)
+                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, n) DO NOTHING""",
+                (run_id, n, row["tool"], row["idempotency_key"], entry["workflow_id"], status))
+            plan.append(entry)
+        await events.record(run_id, 0, "rollback_started",
+                            {"effects": [{"n": e["n"], "tool": e["tool"], "status": e["status"]} for e in plan]}, conn=conn)
+    return plan
+
+
+@DBOS.step(name="keel.compensation_mark")
+async def mark_compensation_step(run_id: str, n: int, status: str, error: dict[str, Any] | None, attempt: int) -> None:
+    """Record the outcome of compensation `n` of `run_id` (its events use `step_id = n`)."""
+    failpoints.hit(f"compensation.{status}:{n}")
+    async with db.pool().connection() as conn, conn.transaction():
+        await conn.execute("UPDATE keel.compensations SET status = %s, error = %s, updated_at = now() WHERE run_id = %s AND n = %s",
+                           (status, Jsonb(error) if error else None, run_id, n))
+        kind = {"running": "compensation_started", "succeeded": "compensation_finished", "failed": "compensation_failed"}[status]
+        await events.record(run_id, n, kind, {"n": n, "error": error}, attempt=attempt, conn=conn)
+
+
+async def list_compensations(run_id: str) -> list[dict[str, Any]]:
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        return await (await cursor.execute(
+            "SELECT n, tool, idempotency_key, workflow_id, status, error FROM keel.compensations WHERE run_id = %s ORDER BY n",
+            (run_id,))).fetchall()
+
