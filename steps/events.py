@@ -3,6 +3,7 @@
 An event is identified by (run, step, kind, attempt), so a step that is retried or re-executed
 after a crash writes each of its events once."""
 
+import time
 from typing import Any
 
 from dbos import DBOS
@@ -37,8 +38,11 @@ async def record(
 
 
 @DBOS.step(name="keel.event")
-async def record_step(kind: str, payload: dict[str, Any]) -> None:
-    """Record an event from workflow code, as a step of its own (a workflow body does no I/O)."""
+async def record_step(kind: str, payload: dict[str, Any]) -> float:
+    """Record an event from workflow code, as a step of its own (a workflow body does no I/O).
+
+    Returns when it happened (epoch seconds), the same on replay."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "record_step runs inside a workflow"
     await record(run_id, step_id, kind, payload)
+    return time.time()

@@ -10,15 +10,15 @@ So an effect in Keel's database happens exactly once; an external effect is dedu
 key the tool sends as `Idempotency-Key` (or found by `reconcile`); and a completed key is never run
 again, across retries, crashes, recoveries and forks."""
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from dbos import DBOS
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from steps import db, events, failpoints
-from steps.retry import Failure, classify, retrying
+from steps import breaker, db, events, failpoints
+from steps.retry import AttemptFailed, Failure, retrying
 from steps.tools import Tool, ToolContext
 
 RECORD_INTENT = """
@@ -53,10 +53,12 @@ class Outcome:
 
 
 @DBOS.step(name="keel.tool_call")
-async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str, key: str | None = None) -> dict[str, Any]:
+async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str, key: str | None = None,
+                         first_attempt: int = 1) -> dict[str, Any]:
     """One tool call, retried by the tool's policy; returns `{"ok": ...}`, never raises.
 
-    The idempotency key is `key` if given, else the tool's business key, else `<run_id>:<step_id>`."""
+    The idempotency key is `key` if given, else the tool's business key, else `<run_id>:<step_id>`
+    (a call continued after a durable wait passes its first key, so the key never changes)."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
     key = key or tool.business_key(arguments) or f"{run_id}:{step_id}"
@@ -67,12 +69,11 @@ async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: st
         await events.record(run_id, step_id, "retry", {"tool": tool.name, "error": failure.as_dict(), "wait": wait}, attempt=attempt)
 
     try:
-        outcome = await retrying(tool.retry, call.attempt, on_retry)
-    except Exception as exc:  # a failed call is a value in durable state, not an exception
-        failure = classify(exc)
-        await call.record_failure(failure)
-        reply = {"ok": False, "error": failure.as_dict(), "idempotency_key": key}
-        await events.record(run_id, step_id, "tool_result", {"tool": tool.name, "idempotency_key": key, "ok": False, "error": failure.as_dict()})
+        outcome = await retrying(tool.retry, call.attempt, on_retry, first=first_attempt)
+    except AttemptFailed as failed:  # a failed call is a value in durable state, not an exception
+        await call.record_failure(failed.failure)
+        reply = {**failed.outcome(tool.retry), "idempotency_key": key}
+        await events.record(run_id, step_id, "tool_result", {"tool": tool.name, **reply}, attempt=failed.attempt)
         return reply
     summary = {"idempotency_key": key, "attempts": outcome.attempts, "deduplicated": outcome.deduplicated, "reconciled": outcome.reconciled}
     await events.record(run_id, step_id, "tool_result", {"tool": tool.name, "ok": True, **summary})
@@ -89,25 +90,32 @@ class Call:
     arguments: dict[str, Any]
 
     async def attempt(self, number: int) -> Outcome:
-        async with db.pool().connection() as conn:
-            status, result, attempts, previous = await self._record_intent(conn)
-            if status == "succeeded":
-                return Outcome(result, attempts, deduplicated=True)
-            async with conn.transaction():
+        status, result, attempts, previous = await self._record_intent()
+        if status == "succeeded":
+            return Outcome(result, attempts, deduplicated=True)
+
+        async def breaker_changed(state: str) -> None:
+            await events.record(self.run_id, self.step_id, f"breaker_{state}", {"dependency": self.tool.dependency}, attempt=number)
+
+        # The breaker uses connections of its own, taken before and after this one, never while holding it.
+        async with breaker.guard(self.tool.dependency, breaker_changed):
+            async with db.pool().connection() as conn, conn.transaction():
                 status, result = await (await conn.execute(LOCK, (self.key,))).fetchone()
                 if status == "succeeded":  # another attempt finished while we waited for the lock
                     return Outcome(result, attempts, deduplicated=True)
                 ctx = ToolContext(run_id=self.run_id, tool_call_id=self.tool_call_id, idempotency_key=self.key, attempt=attempts, db=conn)
-                found = await self.tool.reconciled(ctx) if previous == "started" else None
-                value = found if found is not None else await self.tool.invoke(ctx, self.arguments)
+                async with asyncio.timeout(self.tool.timeout):
+                    found = await self.tool.reconciled(ctx) if previous == "started" else None
+                    value = found if found is not None else await self.tool.invoke(ctx, self.arguments)
                 await conn.execute(SUCCEED, (Jsonb(value), found is not None, self.key))
-            failpoints.hit(f"tool.after_commit:{self.tool.name}")
-            return Outcome(value, attempts, reconciled=found is not None)
+        failpoints.hit(f"tool.after_commit:{self.tool.name}")
+        return Outcome(value, attempts, reconciled=found is not None)
 
-    async def _record_intent(self, conn: AsyncConnection) -> tuple[str, Any, int, str | None]:
+    async def _record_intent(self) -> tuple[str, Any, int, str | None]:
         params = {"key": self.key, "run_id": self.run_id, "step_id": self.step_id, "tool": self.tool.name,
                   "tool_call_id": self.tool_call_id, "arguments": Jsonb(self.arguments)}
-        row = await (await conn.execute(RECORD_INTENT, params)).fetchone()
+        async with db.pool().connection() as conn:
+            row = await (await conn.execute(RECORD_INTENT, params)).fetchone()
         assert row is not None
         return row[0], row[1], row[2], row[3]
 

@@ -4,31 +4,54 @@
 attempts from Keel's policy, its events and its budgets)."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dbos import DBOS
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 
-from steps import events, failpoints
-from steps.retry import Failure, RetryPolicy, classify, retrying
+from steps import breaker, events, failpoints
+from steps.retry import AttemptFailed, Failure, RetryPolicy, retrying
 
-_client: AsyncOpenAI | None = None
-_default_model = "gpt-4.1-mini"
+# USD per million tokens (input, output); a model not listed costs 0. Override with configure(prices=).
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4.1-mini": (0.4, 1.6),
+    "gpt-4.1-nano": (0.1, 0.4),
+    "gpt-4o": (2.5, 10.0),
+    "gpt-4o-mini": (0.15, 0.6),
+    "scripted": (1.0, 4.0),
+}
 
 
-def configure(client: AsyncOpenAI | None, *, default_model: str | None = None) -> None:
-    """Set the client (and the model used by agents that name none)."""
-    global _client, _default_model
-    _client = client
-    _default_model = default_model or _default_model
+@dataclass
+class _Config:
+    client: AsyncOpenAI | None = None
+    default_model: str = "gpt-4.1-mini"
+    prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+
+_config = _Config()
+
+
+def configure(client: AsyncOpenAI | None, *, default_model: str | None = None,
+              prices: dict[str, tuple[float, float]] | None = None) -> None:
+    """Set the client, the model for agents that name none, and extra model prices."""
+    _config.client = client
+    _config.default_model = default_model or _config.default_model
+    _config.prices = {**DEFAULT_PRICES, **(prices or {})}
 
 
 def client() -> AsyncOpenAI:
-    if _client is None:
+    if _config.client is None:
         raise RuntimeError("steps.llm is not configured: call steps.llm.configure(client) at start-up")
-    return _client
+    return _config.client
+
+
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    price_in, price_out = _config.prices.get(model, (0.0, 0.0))
+    return round((prompt_tokens * price_in + completion_tokens * price_out) / 1e6, 8)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,49 +64,59 @@ class ModelRequest:
     already_sent: int
     """How many of `messages` earlier turns sent; only the rest goes into the event."""
     retry: RetryPolicy
+    timeout: float | None = None
+    deadline: float | None = None
+    """Epoch seconds after which the run's wall-clock budget refuses the call."""
 
 
 @DBOS.step(name="keel.llm")
-async def llm_step(request: ModelRequest) -> dict[str, Any]:
+async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, Any]:
     """Ask the model for the next message; returns `{"ok": ...}`, never raises."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "llm_step runs inside a workflow"
-    model = request.model or _default_model
-    new_messages = request.messages[request.already_sent:]
-    await events.record(run_id, step_id, "llm_request", {"model": model, "turn": request.turn, "messages": new_messages})
+    model = request.model or _config.default_model
+    if request.deadline is not None and time.time() > request.deadline:
+        return {"ok": False, "error": {"kind": "budget", "type": "BudgetExceeded", "message": "the run's wall-clock budget is spent"}}
+    dependency = f"model:{client().base_url}"
+    await events.record(run_id, step_id, "llm_request", {"model": model, "turn": request.turn, "messages": request.messages[request.already_sent:]},
+                        attempt=first_attempt)
     failpoints.hit(f"llm.before_request:{request.turn}")
 
     async def attempt(number: int) -> tuple[ChatCompletion, float, int]:
-        started = time.monotonic()
-        completion = await client().chat.completions.create(
-            model=model, messages=request.messages, **({"tools": request.tools} if request.tools else {})
-        )
+        async def breaker_changed(state: str) -> None:
+            await events.record(run_id, step_id, f"breaker_{state}", {"dependency": dependency}, attempt=number)
+
+        async with breaker.guard(dependency, breaker_changed):
+            started = time.monotonic()
+            completion = await client().chat.completions.create(
+                model=model, messages=request.messages, timeout=request.timeout, **({"tools": request.tools} if request.tools else {}))
         return completion, time.monotonic() - started, number
 
     async def on_retry(number: int, failure: Failure, wait: float) -> None:
         await events.record(run_id, step_id, "retry", {"model": model, "error": failure.as_dict(), "wait": wait}, attempt=number)
 
     try:
-        completion, latency, attempts = await retrying(request.retry, attempt, on_retry)
-    except Exception as exc:  # a failed call is a value in durable state, not an exception
-        failure = classify(exc)
-        await events.record(run_id, step_id, "llm_error", {"model": model, "turn": request.turn, "error": failure.as_dict()})
-        return {"ok": False, "error": failure.as_dict()}
+        completion, latency, attempts = await retrying(request.retry, attempt, on_retry, first=first_attempt)
+    except AttemptFailed as failed:
+        outcome = failed.outcome(request.retry)
+        await events.record(run_id, step_id, "llm_error", {"model": model, "turn": request.turn, **outcome}, attempt=failed.attempt)
+        return outcome
     choice = completion.choices[0]
-    message = assistant_message(choice.message.content, choice.message.tool_calls)
     usage = completion.usage
+    prompt_tokens, completion_tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
     response = {
         "model": completion.model,
         "turn": request.turn,
         "finish_reason": choice.finish_reason,
-        "prompt_tokens": usage.prompt_tokens if usage else 0,
-        "completion_tokens": usage.completion_tokens if usage else 0,
-        "total_tokens": usage.total_tokens if usage else 0,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "cost_usd": cost_usd(model, prompt_tokens, completion_tokens),
         "latency_ms": round(latency * 1000),
         "attempts": attempts,
     }
     await events.record(run_id, step_id, "llm_response", response)
-    return {"ok": True, "message": message, "usage": response}
+    return {"ok": True, "message": assistant_message(choice.message.content, choice.message.tool_calls), "usage": response}
 
 
 def assistant_message(content: str | None, tool_calls: list[Any] | None) -> dict[str, Any]:

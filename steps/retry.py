@@ -15,7 +15,7 @@ import httpx
 import openai
 import psycopg
 import pydantic
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_random_exponential
 
 from steps.errors import ToolError, TransientToolError, UserError
@@ -26,11 +26,16 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped; `Retry-After` honoured up to the cap."""
+    """Exponential backoff with full jitter, capped at `max_delay`; `Retry-After` honoured.
+
+    Waits up to `max_delay` happen inside the step. A longer one (a large `Retry-After`) ends the
+    step, and the workflow sleeps durably (`DBOS.sleep_async`) before the next attempt, so a crash
+    during the wait loses nothing. `max_attempts` counts every attempt, in the step or after a sleep;
+    `max_attempts=1` disables retries."""
 
     max_attempts: int = 4
     initial_delay: float = 0.5
-    max_delay: float = 20.0
+    max_delay: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -39,9 +44,18 @@ class RetryPolicy:
             raise UserError("need 0 <= initial_delay <= max_delay")
 
 
+class CircuitOpen(Exception):
+    """The dependency's circuit breaker is open: no call went out; try after `retry_after` seconds."""
+
+    def __init__(self, dependency: str, retry_after: float) -> None:
+        super().__init__(f"circuit for {dependency} is open; retry in {retry_after:.1f}s")
+        self.dependency = dependency
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, kw_only=True)
 class Failure:
-    kind: str  # "transient" | "permanent" | "ask_model"
+    kind: str  # "transient" | "permanent" | "ask_model" | "circuit_open"
     type: str
     message: str
     status: int | None = None
@@ -53,6 +67,8 @@ class Failure:
 
 def classify(exc: BaseException) -> Failure:
     name = type(exc).__name__
+    if isinstance(exc, CircuitOpen):
+        return Failure(kind="circuit_open", type=name, message=str(exc), retry_after=exc.retry_after)
     if isinstance(exc, ToolError):
         retry_after = exc.retry_after if isinstance(exc, TransientToolError) else None
         return Failure(kind=exc.kind, type=name, message=exc.message, retry_after=retry_after)
@@ -92,29 +108,58 @@ def parse_retry_after(value: str | None) -> float | None:
 OnRetry = Callable[[int, Failure, float], Awaitable[None]]
 
 
-async def retrying(policy: RetryPolicy, attempt: Callable[[int], Awaitable[T]], on_retry: OnRetry) -> T:
-    """Run `attempt(n)` for n = 1, 2, ... until it succeeds, fails permanently, or attempts run out.
+class AttemptFailed(Exception):
+    """The last attempt's failure, with the attempt number it had."""
 
-    The last exception propagates; `on_retry(n, failure, wait)` is awaited before each wait."""
+    def __init__(self, failure: Failure, attempt: int) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.attempt = attempt
+
+    def outcome(self, policy: RetryPolicy) -> dict[str, Any]:
+        """The failure as a step output; `park` says the workflow should sleep durably and try again."""
+        failure = self.failure
+        wait = failure.retry_after or 0.0
+        park = (failure.kind == "transient" and wait > policy.max_delay and self.attempt < policy.max_attempts) or (
+            failure.kind == "circuit_open")
+        return {"ok": False, "error": failure.as_dict(), "attempts": self.attempt, "park": wait if park else None}
+
+
+async def retrying(policy: RetryPolicy, attempt: Callable[[int], Awaitable[T]], on_retry: OnRetry, *, first: int = 1) -> T:
+    """Run `attempt(n)` for n = first, first + 1, ... until it succeeds, fails for good, attempts run
+    out, or the next wait is longer than `policy.max_delay` (then the workflow waits, durably).
+
+    Raises `AttemptFailed`; `on_retry(n, failure, wait)` is awaited before each wait in the step."""
     backoff = wait_random_exponential(multiplier=policy.initial_delay, max=policy.max_delay)
+
+    def number(state: RetryCallState) -> int:
+        return first + state.attempt_number - 1
 
     def wait(state: RetryCallState) -> float:
         failure = classify(state.outcome.exception())
-        return min(policy.max_delay, max(backoff(state), failure.retry_after or 0.0))
+        return max(backoff(state), failure.retry_after or 0.0)
+
+    def stop(state: RetryCallState) -> bool:
+        return number(state) >= policy.max_attempts or wait(state) > policy.max_delay
 
     async def before_sleep(state: RetryCallState) -> None:
         failure = classify(state.outcome.exception())
-        await on_retry(state.attempt_number, failure, state.upcoming_sleep)
+        await on_retry(number(state), failure, state.upcoming_sleep)
 
     retryer = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts),
+        stop=stop,
         wait=wait,
         retry=retry_if_exception(lambda exc: classify(exc).kind == "transient"),
         before_sleep=before_sleep,
         sleep=asyncio.sleep,
         reraise=True,
     )
-    async for state in retryer:
-        with state:
-            return await attempt(state.retry_state.attempt_number)
+    current = first
+    try:
+        async for state in retryer:
+            with state:
+                current = number(state.retry_state)
+                return await attempt(current)
+    except Exception as exc:
+        raise AttemptFailed(classify(exc), current) from exc
     raise AssertionError("unreachable: tenacity either returns or reraises")

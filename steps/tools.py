@@ -73,6 +73,10 @@ class Tool:
     approval: ApprovalPolicy
     idempotency_key: KeyFunction | None = None
     reconcile: Reconcile | None = None
+    dependency: str = ""
+    """The service this tool calls, for its circuit breaker (several tools can share one)."""
+    timeout: float | None = None
+    """Seconds one attempt may take; a call that hangs longer is cancelled and counts as transient."""
     compensation: "Tool | None" = None
     """Undoes this tool's effect when the run fails or is cancelled: called as
     `compensation(ctx, arguments=<the call's arguments>, result=<its recorded result>)`."""
@@ -121,6 +125,8 @@ def tool(
     approval: ApprovalPolicy | None = None,
     compensation: "Callable[..., Awaitable[Any]] | Tool | None" = None,
     irreversible: bool = False,
+    dependency: str | None = None,
+    timeout: float | None = None,
 ) -> Any:
     """Declare a tool: bare `@tool`, or `@tool(idempotency_key=..., reconcile=..., retry=...)`.
 
@@ -134,6 +140,9 @@ def tool(
     marks an effect that cannot be undone: the model is told to call it last, and a failed run
     lists it among the effects left in place.
 
+    `dependency` names the service behind the tool (default: the tool's name); its circuit breaker
+    is shared by every tool and worker that names it. `timeout` bounds one attempt, in seconds.
+
     `idempotency_key(arguments)` gives a business key, so the same effect is deduplicated across
     runs; by default a call's key is `<run_id>:<step_id>`. `reconcile(ctx)` is asked, when a
     previous attempt recorded its intent but no outcome, whether the effect already happened."""
@@ -142,6 +151,8 @@ def tool(
         raise UserError("give either requires_approval or approval=ApprovalPolicy(required=...), not both")
     if compensation is not None and irreversible:
         raise UserError("a tool with a compensation is not irreversible")
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"timeout must be positive, not {timeout}")
     policy = approval or ApprovalPolicy(required=requires_approval)
 
     def build(fn: Callable[..., Awaitable[Any]]) -> Tool:
@@ -153,7 +164,8 @@ def tool(
             if set(undo.arguments.model_fields) != {"arguments", "result"}:
                 raise UserError(f"compensation of {built.name!r} must take (ctx, arguments: dict, result)")
         description = f"{built.description} This cannot be undone: call it last." if irreversible else built.description
-        return dataclasses.replace(built, compensation=undo, irreversible=irreversible, description=description)
+        return dataclasses.replace(built, compensation=undo, irreversible=irreversible, description=description,
+                                   dependency=dependency or built.name, timeout=timeout)
 
     return build(function) if function is not None else build
 
@@ -189,6 +201,7 @@ def _build_tool(fn: Callable[..., Awaitable[Any]], *, name: str | None, idempote
         result=TypeAdapter(hints.get("return", Any)),
         retry=retry or RetryPolicy(),
         approval=approval,
+        dependency=tool_name,
         idempotency_key=idempotency_key,
         reconcile=reconcile,
     )

@@ -39,9 +39,16 @@ class Agent:
         max_turns: int = 10,
         max_reasks: int = 3,
         model_retry: RetryPolicy | None = None,
+        model_timeout: float | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        max_seconds: float | None = None,
         requires_approval: Callable[[Tool, dict[str, Any]], bool] | None = None,
     ) -> None:
-        """`requires_approval(tool, arguments)` adds an agent-wide rule to the tools' own."""
+        """Budgets (`max_turns`, `max_tokens`, `max_cost_usd`, `max_seconds` of wall-clock time) are
+        computed from recorded step outputs, so a recovered run sees the same totals; the next model
+        call is refused once one is spent. `model_timeout` bounds one model call, in seconds.
+        `requires_approval(tool, arguments)` adds an agent-wide rule to the tools' own."""
         if not AGENT_NAME.match(name):
             raise UserError(f"agent name {name!r} must match {AGENT_NAME.pattern}")
         if name in _registry:
@@ -50,6 +57,10 @@ class Agent:
             raise UserError(f"output_type of agent {name!r} must be a Pydantic model class")
         if max_turns < 1 or max_reasks < 0:
             raise UserError("max_turns must be at least 1 and max_reasks at least 0")
+        for label, limit in (("max_tokens", max_tokens), ("max_cost_usd", max_cost_usd), ("max_seconds", max_seconds),
+                             ("model_timeout", model_timeout)):
+            if limit is not None and limit <= 0:
+                raise UserError(f"{label} must be positive, not {limit}")
         self.name = name
         self.instructions = instructions
         self.tools = {t.name: t for t in (t if isinstance(t, Tool) else tool(t) for t in tools)}
@@ -60,6 +71,10 @@ class Agent:
         self.max_turns = max_turns
         self.max_reasks = max_reasks
         self.model_retry = model_retry or RetryPolicy()
+        self.model_timeout = model_timeout
+        self.max_tokens = max_tokens
+        self.max_cost_usd = max_cost_usd
+        self.max_seconds = max_seconds
         self.requires_approval = requires_approval
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         _registry[name] = self

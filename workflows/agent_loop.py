@@ -17,6 +17,7 @@ from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
 from workflows.agent import Agent, get_agent
 from workflows.approvals import await_approval
+from workflows.parking import call_parking
 from workflows.saga import needs_rollback, start_rollback
 
 INVALID_REPLY = "invalid_arguments"
@@ -35,21 +36,36 @@ class AgentRun:
         self.run_id = run_id
         self.reasks_left = agent.max_reasks
         self.tools_used: list[str] = []
+        self.tokens = 0
+        self.cost_usd = 0.0
 
     async def execute(self, user_input: str) -> Any:
+        try:
+            return await self.loop(user_input)
+        except RunFailed:
+            raise
+        except Exception as exc:  # a bug in a tool's code path or in Keel: still a terminal state with a reason
+            await self.fail("internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def loop(self, user_input: str) -> Any:
         agent = self.agent
-        await record_step("run_started", {"agent": agent.name, "input": user_input})
+        started_at = await record_step("run_started", {"agent": agent.name, "input": user_input})
+        deadline = started_at + agent.max_seconds if agent.max_seconds else None
         conversation: list[dict[str, Any]] = [
             {"role": "system", "content": agent.system_prompt()},
             {"role": "user", "content": user_input},
         ]
         sent = 0
         for turn in range(1, agent.max_turns + 1):
-            reply = await llm_step(ModelRequest(model=agent.model, messages=list(conversation), tools=agent.tool_schemas,
-                                                turn=turn, already_sent=sent, retry=agent.model_retry))
+            await self.check_budgets()
+            request = ModelRequest(model=agent.model, messages=list(conversation), tools=agent.tool_schemas, turn=turn,
+                                   already_sent=sent, retry=agent.model_retry, timeout=agent.model_timeout, deadline=deadline)
+            reply = await call_parking(lambda first, _: llm_step(request, first), "model")
             sent = len(conversation)
             if not reply["ok"]:
                 await self.fail(failure_reason(reply["error"], "model"), f"model call failed: {reply['error']['message']}")
+            self.tokens += reply["usage"]["total_tokens"]
+            self.cost_usd += reply["usage"]["cost_usd"]
             message = reply["message"]
             conversation.append(message)
             calls = message.get("tool_calls") or []
@@ -78,7 +94,9 @@ class AgentRun:
                 if found.approval.on_reject == "fail":
                     await self.fail("approval_rejected", f"{found.name}: {message}")
                 return tool_message(call["id"], {"error": {"kind": "not_approved", "message": message}})
-        outcome = await tool_call_step(found, arguments, call["id"])
+        outcome = await call_parking(
+            lambda first, previous: tool_call_step(found, arguments, call["id"], previous and previous["idempotency_key"], first),
+            f"tool {found.name} ({found.dependency})")
         if outcome["ok"]:
             self.tools_used.append(found.name)
             return tool_message(call["id"], outcome["result"])
@@ -87,6 +105,14 @@ class AgentRun:
             await self.reask(error["message"])
             return tool_message(call["id"], {"error": error})
         await self.fail(failure_reason(error, "tool"), f"tool {found.name} failed: {error['message']}")
+
+    async def check_budgets(self) -> None:
+        """Refuse the next model call once a budget is spent (totals come from recorded outputs)."""
+        agent = self.agent
+        if agent.max_tokens is not None and self.tokens >= agent.max_tokens:
+            await self.fail("budget_exhausted", f"used {self.tokens} tokens of a budget of {agent.max_tokens}")
+        if agent.max_cost_usd is not None and self.cost_usd >= agent.max_cost_usd:
+            await self.fail("budget_exhausted", f"spent ${self.cost_usd:.4f} of a budget of ${agent.max_cost_usd}")
 
     async def reask(self, problem: str) -> None:
         """Count a malformed reply; past the agent's bound, the run fails."""
@@ -106,4 +132,5 @@ def tool_message(call_id: str, content: Any) -> dict[str, Any]:
 
 
 def failure_reason(error: dict[str, Any], source: str) -> str:
-    return "retries_exhausted" if error["kind"] == "transient" else f"{source}_failed"
+    kinds = {"transient": "retries_exhausted", "circuit_open": "circuit_open", "budget": "budget_exhausted"}
+    return kinds.get(error["kind"], f"{source}_failed")

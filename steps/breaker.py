@@ -1,0 +1,110 @@
+"""Circuit breakers shared by every worker: one row per dependency in `keel.breakers`.
+
+closed ──(N consecutive transient failures)──▶ open ──(cool-down over)──▶ half_open (one probe)
+  ▲                                                                          │
+  └────────────────(probe succeeds)────────────────── (probe fails: open again)
+
+While open no call goes out: the caller gets `CircuitOpen(retry_after)` and the run parks durably.
+The clock is the database's, so every worker sees the same deadlines."""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from steps import db
+from steps.retry import CircuitOpen, classify
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerSettings:
+    failure_threshold: int = 5
+    cooldown: float = 30.0
+    probe_timeout: float = 10.0
+    """A probe that has not reported back in this long (its worker died) lets another one through."""
+
+
+_settings = BreakerSettings()
+
+ADMIT = """
+SELECT state,
+       extract(epoch FROM open_until - now()) AS open_for,
+       state = 'half_open' AND probe_started_at < now() - make_interval(secs => %(probe)s) AS probe_stale
+FROM keel.breakers WHERE dependency = %(dep)s
+"""
+CREATE = "INSERT INTO keel.breakers (dependency) VALUES (%(dep)s) ON CONFLICT (dependency) DO NOTHING"
+START_PROBE = """
+UPDATE keel.breakers SET state = 'half_open', probe_started_at = now(), updated_at = now()
+WHERE dependency = %(dep)s AND (
+    (state = 'open' AND open_until <= now())
+    OR (state = 'half_open' AND probe_started_at < now() - make_interval(secs => %(probe)s)))
+RETURNING state
+"""
+SUCCEED = """
+WITH old AS (SELECT state FROM keel.breakers WHERE dependency = %(dep)s FOR UPDATE)
+UPDATE keel.breakers b SET state = 'closed', failures = 0, updated_at = now()
+FROM old WHERE b.dependency = %(dep)s AND (old.state <> 'closed' OR b.failures > 0)
+RETURNING old.state
+"""
+FAIL = """
+WITH old AS (SELECT state, failures FROM keel.breakers WHERE dependency = %(dep)s FOR UPDATE),
+new AS (SELECT CASE WHEN old.state = 'half_open' OR (old.state = 'closed' AND old.failures + 1 >= %(threshold)s)
+                    THEN 'open' ELSE old.state END AS state FROM old)
+UPDATE keel.breakers b
+SET failures = b.failures + 1, state = new.state, updated_at = now(),
+    open_until = CASE WHEN new.state = 'open' AND old.state <> 'open' THEN now() + make_interval(secs => %(cooldown)s) ELSE b.open_until END,
+    opened_count = b.opened_count + (new.state = 'open' AND old.state <> 'open')::int
+FROM old, new WHERE b.dependency = %(dep)s
+RETURNING new.state, old.state
+"""
+
+
+def configure(settings: BreakerSettings) -> None:
+    global _settings
+    _settings = settings
+
+
+async def admit(dependency: str) -> str | None:
+    """Let a call to `dependency` go out, or raise `CircuitOpen`. Returns "half_open" for a probe."""
+    params = {"dep": dependency, "probe": _settings.probe_timeout}
+    async with db.pool().connection() as conn:
+        row = await (await conn.execute(ADMIT, params)).fetchone()
+        if row is None:
+            await conn.execute(CREATE, params)
+            return None
+        state, open_for, probe_stale = row
+        if state == "closed":
+            return None
+        if state == "open" and open_for is not None and open_for > 0:
+            raise CircuitOpen(dependency, float(open_for))
+        if state == "open" or probe_stale:
+            if await (await conn.execute(START_PROBE, params)).fetchone():
+                return "half_open"
+        raise CircuitOpen(dependency, _settings.probe_timeout)
+
+
+async def record(dependency: str, ok: bool) -> str | None:
+    """Report a call's outcome (`ok=False` only for transient failures); returns a new state, if any."""
+    params = {"dep": dependency, "threshold": _settings.failure_threshold, "cooldown": _settings.cooldown}
+    async with db.pool().connection() as conn:
+        row = await (await conn.execute(SUCCEED if ok else FAIL, params)).fetchone()
+    if row is None:
+        return None
+    if ok:
+        return "closed"
+    new_state, old_state = row
+    return new_state if new_state != old_state else None
+
+
+@asynccontextmanager
+async def guard(dependency: str, on_change: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
+    """Run one call to `dependency` under its breaker; `on_change(state)` hears of each transition."""
+    if state := await admit(dependency):
+        await on_change(state)
+    try:
+        yield
+    except Exception as exc:
+        if classify(exc).kind == "transient" and (state := await record(dependency, False)):
+            await on_change(state)
+        raise
+    if state := await record(dependency, True):
+        await on_change(state)
