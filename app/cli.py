@@ -104,6 +104,22 @@ def cancel(run_id: str) -> None:
 
 @main.command()
 @click.argument("run_id")
+def resume(run_id: str) -> None:
+    """Hand a stopped run (dead-lettered, or on a worker that is gone) to any live worker."""
+    show(request("POST", f"/v1/runs/{run_id}/resume"))
+
+
+@main.command()
+def doctor() -> None:
+    """List runs that are not progressing, and what would move them."""
+    findings = request("GET", "/v1/doctor")
+    for finding in findings:
+        click.echo(f"{finding['run_id']}  {finding['problem']}: {finding['fix']}")
+    click.echo(f"{len(findings)} finding(s)", err=True)
+
+
+@main.command()
+@click.argument("run_id")
 def compensate(run_id: str) -> None:
     """Retry a run's compensations that gave up."""
     show(request("POST", f"/v1/runs/{run_id}/compensate"))

@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     model: str = Field("gpt-4.1-mini", alias="KEEL_MODEL")
     model_timeout: float = Field(60.0, alias="KEEL_MODEL_TIMEOUT", gt=0)
 
+    model_prices: dict[str, tuple[float, float]] = Field(default_factory=dict, alias="KEEL_MODEL_PRICES")
+    """JSON: model -> [USD per million input tokens, per million output tokens], for cost budgets."""
+    breaker_threshold: int = Field(5, alias="KEEL_BREAKER_THRESHOLD", ge=1)
+    """Consecutive transient failures that open a dependency's circuit."""
+    breaker_cooldown: float = Field(30.0, alias="KEEL_BREAKER_COOLDOWN", gt=0)
+    """Seconds a circuit stays open before one probe call is let through."""
+    heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
+
     host: str = Field("127.0.0.1", alias="KEEL_HOST")
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
     sandbox_url: str | None = Field(None, alias="KEEL_SANDBOX_URL")

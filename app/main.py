@@ -18,8 +18,10 @@ from app import sandbox, scripted_model
 from app.config import Settings, get_settings
 from app.database import database_url, migrate, psycopg_conninfo, redact
 from app.demo import billing
-from app.routers import approvals, runs
-from steps import db, failpoints, llm
+from app.routers import approvals, doctor, runs
+from steps import breaker, db, failpoints, llm
+from steps.breaker import BreakerSettings
+from workflows.doctor import beat
 from workflows import (ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent,
                        UserError)
 
@@ -48,21 +50,34 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     await pool.open()
     db.configure(pool)
     model = AsyncOpenAI(base_url=settings.model_base_url, api_key=settings.model_api_key, max_retries=0, timeout=settings.model_timeout)
-    llm.configure(model, default_model=settings.model_name)
+    llm.configure(model, default_model=settings.model_name, prices=settings.model_prices)
+    breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
     billing.configure(settings.sandbox_base_url)
     for module in filter(None, (m.strip() for m in settings.agent_modules.split(","))):
         importlib.import_module(module)
     DBOS(config=dbos_config(settings, url))
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
+    heartbeat = asyncio.create_task(heartbeats(settings))
     announce(settings, url)
     try:
         yield
     finally:
+        heartbeat.cancel()
         DBOS.destroy(workflow_completion_timeout_sec=0)
         await model.close()
         await pool.close()
         db.configure(None)
+
+
+async def heartbeats(settings: Settings) -> None:
+    """Tell `keel.workers` this executor is alive, so `keel doctor` can tell which ones are gone."""
+    while True:
+        try:
+            await beat(settings.executor_id, settings.app_version)
+        except Exception:  # a missed beat is not worth a crash; the next one may go through
+            log.exception("heartbeat failed")
+        await asyncio.sleep(settings.heartbeat_interval)
 
 
 def announce(settings: Settings, url: str) -> None:
@@ -82,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.include_router(runs.router)
     app.include_router(approvals.router)
+    app.include_router(doctor.router)
     app.include_router(sandbox.router, prefix="/sandbox")
     if app.state.settings.offline:
         app.mount("/scripted", scripted_model.create_app())

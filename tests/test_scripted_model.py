@@ -352,12 +352,28 @@ async def test_after_lets_requests_pass_before_the_fault_applies(model: AsyncOpe
     assert statuses == [200, 200, 503, 200]
 
 
+async def test_probability_draws_per_request_and_a_retry_draws_anew(model: AsyncOpenAI, root: str) -> None:
+    add_fault(root, kind="status", status=503, probability=0.5, times=1000, match="coin")
+    outcomes = []
+    for i in range(40):
+        for attempt in range(10):  # the same conversation again is a retry: it must get a new draw
+            try:
+                await ask(model, user(f"say coin {i}"))
+                outcomes.append(attempt)
+                break
+            except openai.InternalServerError:
+                continue
+    httpx.delete(f"{root}/faults")
+    assert len(outcomes) == 40
+    assert 5 < sum(1 for attempts in outcomes if attempts > 0) < 35
+
+
 async def test_fault_admin_validates_lists_and_clears(root: str) -> None:
     assert httpx.post(f"{root}/faults", json={"kind": "explode"}).status_code == 422
     assert httpx.post(f"{root}/faults", json={"kind": "status", "times": 0}).status_code == 422
     fault_id = add_fault(root, kind="delay", seconds=1.5, match="slow")
     assert pending_faults(root) == [{"id": fault_id, "kind": "delay", "match": "slow", "times": 1,
-                                     "status": 429, "retry_after": None, "seconds": 1.5, "after": 0, "passed": 0}]
+                                     "status": 429, "retry_after": None, "seconds": 1.5, "after": 0, "probability": 1.0, "passed": 0}]
     assert httpx.delete(f"{root}/faults").json() == {"cleared": 1}
     assert pending_faults(root) == []
 

@@ -9,7 +9,8 @@ from steps.approvals import ApprovalConflict, ApprovalNotFound
 from steps.tools import ApprovalPolicy, Tool, ToolContext, tool
 from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
 from workflows.approvals import decide, get_approval, list_approvals
-from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, get_run, list_runs,
+from workflows.doctor import diagnose
+from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, get_run, list_runs, resume_run,
                             retry_failed_compensations, start_run)
 
 __all__ = [
@@ -34,11 +35,13 @@ __all__ = [
     "agent_names",
     "cancel_run",
     "decide",
+    "diagnose",
     "get_approval",
     "get_agent",
     "get_run",
     "list_approvals",
     "list_runs",
+    "resume_run",
     "retry_failed_compensations",
     "start_run",
     "tool",

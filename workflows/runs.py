@@ -68,6 +68,15 @@ async def cancel_run(run_id: str) -> dict[str, Any]:
     return await get_run(run_id)
 
 
+async def resume_run(run_id: str) -> dict[str, Any]:
+    """Hand a stopped run (dead-lettered, or pending on a worker that is gone) to any live worker."""
+    run = await get_run(run_id)
+    if run["status"] in ("succeeded", "failed", "compensated", "cancelled"):
+        raise RunConflict(f"run {run_id} already ended: {run['status']}")
+    await DBOS.resume_workflow_async(run_id)
+    return await get_run(run_id)
+
+
 async def retry_failed_compensations(run_id: str) -> dict[str, Any]:
     """Wake the compensations of `run_id` that gave up, to try again (after an operator's fix)."""
     failed = [c for c in (await get_run(run_id))["compensations"] if c["status"] == "failed"]

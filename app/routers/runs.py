@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, HTTPException, Query
 
 from app.schemas import RunCreate, RunPage, RunStarted, RunView
-from workflows import cancel_run, get_run, list_runs, retry_failed_compensations, start_run
+from workflows import cancel_run, get_run, list_runs, resume_run, retry_failed_compensations, start_run
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
@@ -31,6 +31,12 @@ async def read_run(run_id: str) -> dict:
 async def cancel(run_id: str) -> dict:
     """Stop the run and undo its effects, newest first. A finished run is 409."""
     return await cancel_run(run_id)
+
+
+@router.post("/{run_id}/resume", response_model=RunView)
+async def resume(run_id: str) -> dict:
+    """Hand a stopped run (dead-lettered, or on a worker that is gone) to any live worker."""
+    return await resume_run(run_id)
 
 
 @router.post("/{run_id}/compensate", response_model=RunView)

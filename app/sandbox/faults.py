@@ -25,7 +25,7 @@ class FaultCreate(BaseModel):
     kind: FaultKind
     match: str | None = Field(None, description="Only requests whose body contains this text")
     times: int = Field(1, ge=1)
-    seconds: float = Field(0, ge=0, description="For delay_response: how long to hold the response")
+    seconds: float = Field(0, ge=0, description="delay_response: how long to hold the response; unavailable: its Retry-After")
 
 
 class Fault(BaseModel):

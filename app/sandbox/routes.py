@@ -42,7 +42,7 @@ async def create_charge(charge: ChargeCreate, key: IdempotencyKey, response: Res
     async with db.pool().connection() as conn:
         fault = await take_fault(conn, "payments", charge.model_dump_json())
         if fault and fault.kind == "unavailable":
-            raise HTTPException(503, "payments unavailable (sandbox fault)", headers={"Retry-After": "1"})
+            raise unavailable("payments", fault.seconds)
         cursor = conn.cursor(row_factory=dict_row)
         async with conn.transaction():
             known = await (await cursor.execute("SELECT 1 FROM sandbox.customers WHERE id = %s", (charge.customer_id,))).fetchone()
@@ -78,7 +78,7 @@ async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Res
     async with db.pool().connection() as conn:
         fault = await take_fault(conn, "payments", refund.model_dump_json())
         if fault and fault.kind == "unavailable":
-            raise HTTPException(503, "payments unavailable (sandbox fault)", headers={"Retry-After": "0"})
+            raise unavailable("payments", fault.seconds)
         cursor = conn.cursor(row_factory=dict_row)
         async with conn.transaction():
             charge = await (await cursor.execute(
@@ -105,7 +105,7 @@ async def send_message(message: MessageCreate, key: IdempotencyKey) -> Any:
     async with db.pool().connection() as conn:
         fault = await take_fault(conn, "mail", message.model_dump_json())
         if fault and fault.kind == "unavailable":
-            raise HTTPException(503, "mail unavailable (sandbox fault)", headers={"Retry-After": "1"})
+            raise unavailable("mail", fault.seconds)
         await conn.execute(
             """INSERT INTO sandbox.emails (message_id, idempotency_key, recipient, subject, body)
                VALUES (%s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
@@ -126,6 +126,10 @@ async def clear_faults() -> dict[str, int]:
     async with db.pool().connection() as conn:
         cursor = await conn.execute("DELETE FROM sandbox.faults")
         return {"cleared": cursor.rowcount}
+
+
+def unavailable(service: str, retry_after: float) -> HTTPException:
+    return HTTPException(503, f"{service} unavailable (sandbox fault)", headers={"Retry-After": f"{retry_after:g}"})
 
 
 async def after_commit(fault: Any, body: dict[str, Any]) -> Any:

@@ -7,8 +7,10 @@ one fault of each kind is used: the earliest registered one that applies.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections import Counter
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -42,6 +44,7 @@ class FaultSpec(BaseModel):
     retry_after: float | None = Field(default=None, ge=0)
     seconds: float = Field(default=0, ge=0)
     after: int = Field(default=0, ge=0, description="Let this many applicable requests pass first")
+    probability: float = Field(default=1.0, gt=0, le=1, description="Apply to this share of requests, drawn per request")
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,8 @@ class Fault:
     remaining: int
     passed: int = 0
 
-    def applies_to(self, first_user_text: str) -> bool:
-        return self.spec.match is None or self.spec.match in first_user_text
+    def applies_to(self, first_user_text: str, draw: float) -> bool:
+        return (self.spec.match is None or self.spec.match in first_user_text) and draw < self.spec.probability
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, **self.spec.model_dump(mode="json"), "times": self.remaining, "passed": self.passed}
@@ -64,6 +67,17 @@ class FaultRegistry:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._registered = 0
+        self._seen: Counter[str] = Counter()
+
+    def draw(self, messages: list[dict[str, Any]]) -> float:
+        """A number in [0, 1) for this request, reproducible: it depends only on the conversation
+        and on how many times the same conversation was sent before (so a retry draws anew)."""
+        state = json.dumps(messages, sort_keys=True)
+        with self._lock:
+            self._seen[state] += 1
+            occurrence = self._seen[state]
+        digest = hashlib.sha256(f"{state}|{occurrence}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
 
     def add(self, spec: FaultSpec) -> Fault:
         with self._lock:
@@ -82,11 +96,11 @@ class FaultRegistry:
             self._faults.clear()
             return cleared
 
-    def claim(self, kind: FaultKind, first_user_text: str) -> Fault | None:
+    def claim(self, kind: FaultKind, first_user_text: str, draw: float = 0.0) -> Fault | None:
         """Use one application of the earliest applicable fault of `kind`, if any."""
         with self._lock:
             for position, fault in enumerate(self._faults):
-                if fault.spec.kind is kind and fault.applies_to(first_user_text):
+                if fault.spec.kind is kind and fault.applies_to(first_user_text, draw):
                     if fault.passed < fault.spec.after:
                         self._faults[position] = replace(fault, passed=fault.passed + 1)
                         return None

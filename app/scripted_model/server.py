@@ -60,7 +60,7 @@ def create_app() -> FastAPI:
         delay = faults.claim(FaultKind.DELAY, first_user)
         if delay is not None:
             await asyncio.sleep(delay.spec.seconds)
-        status = faults.claim(FaultKind.STATUS, first_user)
+        status = faults.claim(FaultKind.STATUS, first_user, faults.draw(messages))
         if status is not None:
             return _status_fault_response(status.spec)
         reply = shape_reply(next_reply(messages, chat.tools or []), faults, first_user)
