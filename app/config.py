@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     """Consecutive transient failures that open a dependency's circuit."""
     breaker_cooldown: float = Field(30.0, alias="KEEL_BREAKER_COOLDOWN", gt=0)
     """Seconds a circuit stays open before one probe call is let through."""
+    db_pool_size: int = Field(10, alias="KEEL_DB_POOL_SIZE", ge=2)
+    """Connections for the ledger and events; a tool call holds one while it runs."""
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
 
     host: str = Field("127.0.0.1", alias="KEEL_HOST")

