@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import click
@@ -93,6 +94,23 @@ def runs(status_filter: str | None, agent: str | None, limit: int) -> None:
     for item in request("GET", "/v1/runs", params=params)["runs"]:
         reason = f" ({item['reason']})" if item["reason"] else ""
         click.echo(f"{item['created_at'][:19]}  {item['run_id']:<34} {item['agent'] or '-':<10} {item['status']}{reason}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, for machines.")
+def events(run_id: str, as_json: bool) -> None:
+    """Show a run's timeline."""
+    timeline = request("GET", f"/v1/runs/{run_id}/events")
+    if as_json:
+        for event in timeline:
+            click.echo(json.dumps(event))
+        return
+    start = datetime.fromisoformat(timeline[0]["at"]) if timeline else None
+    for event in timeline:
+        offset = (datetime.fromisoformat(event["at"]) - start).total_seconds()
+        where = "" if event["source"] == run_id else f" [{event['source'].removeprefix(run_id + ':')}]"
+        click.echo(f"{offset:8.3f}s  #{event['step_id']:<3} {event['kind']:<22} {event['summary'] or ''}{where}")
 
 
 @main.command()

@@ -65,6 +65,17 @@ class RunView(BaseModel):
     compensations: list[CompensationView] = Field(default_factory=list, description="Effects undone, pending or left in place")
 
 
+class EventView(BaseModel):
+    seq: int
+    at: datetime
+    source: str = Field(description="The run, or `<run>:compensate:<n>` for a call that undid an effect")
+    step_id: int
+    kind: str
+    attempt: int
+    summary: str | None
+    payload: dict[str, Any]
+
+
 class RunPage(BaseModel):
     runs: list[RunView]
     next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page")

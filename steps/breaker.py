@@ -89,8 +89,8 @@ async def record(dependency: str, ok: bool) -> str | None:
         row = await (await conn.execute(SUCCEED if ok else FAIL, params)).fetchone()
     if row is None:
         return None
-    if ok:
-        return "closed"
+    if ok:  # resetting the failure count of a closed circuit is no transition
+        return "closed" if row[0] != "closed" else None
     new_state, old_state = row
     return new_state if new_state != old_state else None
 

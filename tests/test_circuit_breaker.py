@@ -36,10 +36,12 @@ async def test_a_dependency_down_for_all_workers_opens_one_shared_circuit(
     while not (parked := await fetch_value(db, "SELECT count(*) FROM keel.runs WHERE run_id = ANY(%s) AND waiting_for IS NOT NULL", run_ids)):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
+    diagnosed = {f["problem"] for f in (await api.get("/v1/doctor")).json() if f["run_id"] in run_ids}
     runs = [await wait_for_run(api, run_id) for run_id in run_ids]
 
     assert all(run["status"] == "succeeded" for run in runs), runs
     assert parked >= 1
+    assert diagnosed == {"circuit_open"}  # keel doctor says what the parked runs wait for
     assert await fetch_value(db, "SELECT opened_count FROM keel.breakers WHERE dependency = %s", DEPENDENCY) == 1
     assert await fetch_value(db, "SELECT state FROM keel.breakers WHERE dependency = %s", DEPENDENCY) == "closed"
     assert await fetch_value(db, "SELECT count(*) FROM keel.events WHERE run_id = ANY(%s) AND kind = 'breaker_open'", run_ids) == 1

@@ -10,7 +10,7 @@ from steps.tools import ApprovalPolicy, Tool, ToolContext, tool
 from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
 from workflows.approvals import decide, get_approval, list_approvals
 from workflows.doctor import diagnose
-from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, get_run, list_runs, resume_run,
+from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, get_events, get_run, list_runs, resume_run,
                             retry_failed_compensations, start_run)
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "decide",
     "diagnose",
     "get_approval",
+    "get_events",
     "get_agent",
     "get_run",
     "list_approvals",

@@ -105,3 +105,13 @@ async def list_runs(*, status: str | None = None, agent: str | None = None, limi
     async with db.pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         return await (await cursor.execute(query, params)).fetchall()
+
+
+async def get_events(run_id: str) -> list[dict[str, Any]]:
+    """The run's timeline, in order: its events and those of the calls that undid its effects."""
+    await get_run(run_id)
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        return await (await cursor.execute(
+            "SELECT seq, at, source, step_id, kind, attempt, summary, payload FROM keel.timeline WHERE run_id = %s ORDER BY seq",
+            (run_id,))).fetchall()

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query
 
-from app.schemas import RunCreate, RunPage, RunStarted, RunView
-from workflows import cancel_run, get_run, list_runs, resume_run, retry_failed_compensations, start_run
+from app.schemas import EventView, RunCreate, RunPage, RunStarted, RunView
+from workflows import cancel_run, get_events, get_run, list_runs, resume_run, retry_failed_compensations, start_run
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
@@ -25,6 +25,12 @@ async def create_run(body: RunCreate, idempotency_key: Annotated[str | None, Hea
 @router.get("/{run_id}", response_model=RunView)
 async def read_run(run_id: str) -> dict:
     return await get_run(run_id)
+
+
+@router.get("/{run_id}/events", response_model=list[EventView])
+async def read_events(run_id: str) -> list[dict]:
+    """The run's timeline: every model call, tool call, retry, approval and compensation, in order."""
+    return await get_events(run_id)
 
 
 @router.post("/{run_id}/cancel", response_model=RunView)
