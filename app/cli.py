@@ -115,6 +115,46 @@ def events(run_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_id")
+@click.option("--from-step", type=int, required=True, help="The first step to run live (see `keel events`).")
+@click.option("--model", default=None, help="Run the live part with this model.")
+@click.option("--instructions", default=None, help="Run the live part with these instructions.")
+@click.option("--wait", is_flag=True, help="Wait for the new run to end and print its result.")
+def fork(run_id: str, from_step: int, model: str | None, instructions: str | None, wait: bool) -> None:
+    """Start a new run from RUN_ID's recorded history up to a step, live from there."""
+    body = {"from_step": from_step, "model": model, "instructions": instructions}
+    forked = request("POST", f"/v1/runs/{run_id}/fork", json=body)
+    click.echo(f"run {forked['run_id']}: {forked['status']} (forked from {run_id} at step {from_step})")
+    if wait:
+        final = wait_for(forked["run_id"])
+        show(final)
+        sys.exit(0 if final["status"] == "succeeded" else 1)
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1)
+@click.option("--pending", is_flag=True, help="Replay every run that has not ended (the check before a deploy).")
+def replay(run_ids: tuple[str, ...], pending: bool) -> None:
+    """Check that the current code makes the same decisions as recorded runs (nothing is called)."""
+    ids = list(run_ids)
+    if pending:
+        for status in ("running", "awaiting_approval", "compensating"):
+            ids += [item["run_id"] for item in request("GET", "/v1/runs", params={"status": status, "limit": 200})["runs"]]
+    if not ids:
+        raise click.UsageError("name runs to replay, or pass --pending")
+    diverged = 0
+    for run_id in ids:
+        report = request("POST", f"/v1/runs/{run_id}/replay")
+        if report["same"]:
+            click.echo(f"{run_id}: same decisions ({len(report['steps'])} steps)")
+        else:
+            diverged += 1
+            click.echo(f"{run_id}: DIVERGES: {report['divergence']}")
+    click.echo(f"{len(ids)} replayed, {diverged} diverge", err=True)
+    sys.exit(1 if diverged else 0)
+
+
+@main.command()
+@click.argument("run_id")
 def cancel(run_id: str) -> None:
     """Cancel a run: it stops, and its effects are undone newest first."""
     show(request("POST", f"/v1/runs/{run_id}/cancel"))

@@ -13,6 +13,14 @@ class RunCreate(BaseModel):
     input: str = Field(min_length=1, max_length=100_000, examples=["Upgrade customer C-42 to the pro plan"])
 
 
+class RunFork(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_step: int = Field(ge=1, description="The first step to run live; earlier steps reuse the recorded outputs")
+    model: str | None = Field(None, max_length=200)
+    instructions: str | None = Field(None, max_length=100_000)
+
+
 class RunStarted(BaseModel):
     run_id: str
     status: str
@@ -59,6 +67,9 @@ class RunView(BaseModel):
     error: str | None
     turns: int
     tokens: int
+    cost_usd: float
+    waiting_for: dict[str, Any] | None = Field(None, description="What a parked run waits for (a dependency, a Retry-After)")
+    forked_from: str | None
     created_at: datetime
     updated_at: datetime
     pending_approval: ApprovalView | None = None
@@ -74,6 +85,15 @@ class EventView(BaseModel):
     attempt: int
     summary: str | None
     payload: dict[str, Any]
+
+
+class ReplayReport(BaseModel):
+    run_id: str
+    same: bool = Field(description="The current code makes the decisions the run recorded")
+    divergence: str | None = Field(None, description="The first step where it does not")
+    steps: list[dict[str, Any]] = Field(description="The recorded steps the code asked for, in order")
+    recorded_outcome: dict[str, Any]
+    replayed_outcome: dict[str, Any] | None
 
 
 class RunPage(BaseModel):

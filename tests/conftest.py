@@ -15,9 +15,11 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
 from app.database import migrate, psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
+from steps import db as steps_db
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 TEST_DATABASE = "keel_test"
@@ -111,6 +113,17 @@ async def model(model_url: str) -> AsyncIterator[httpx.AsyncClient]:
 async def db(database_url: str) -> AsyncIterator[psycopg.AsyncConnection]:
     async with await psycopg.AsyncConnection.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+async def ledger_pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    """Keel's pool in the test process, for driving steps and workflows code directly."""
+    pool = AsyncConnectionPool(psycopg_conninfo(database_url), min_size=1, max_size=4, kwargs={"autocommit": True}, open=False)
+    await pool.open()
+    steps_db.configure(pool)
+    yield pool
+    steps_db.configure(None)
+    await pool.close()
 
 
 @pytest.fixture

@@ -3,29 +3,15 @@ a completed key never runs again, reconcile only for an intent left without outc
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
-from app.database import psycopg_conninfo
-from steps import db as steps_db
 from steps.ledger import Call
 from steps.tools import ToolContext, tool
 from tests.conftest import fetch_value
 from workflows import TransientToolError
-
-
-@pytest.fixture
-async def ledger_pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    pool = AsyncConnectionPool(psycopg_conninfo(database_url), min_size=1, max_size=4, kwargs={"autocommit": True}, open=False)
-    await pool.open()
-    steps_db.configure(pool)
-    yield pool
-    steps_db.configure(None)
-    await pool.close()
 
 
 def call_of(fn: Any, arguments: dict[str, Any], key: str | None = None) -> Call:

@@ -10,7 +10,8 @@ from steps.tools import ApprovalPolicy, Tool, ToolContext, tool
 from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
 from workflows.approvals import decide, get_approval, list_approvals
 from workflows.doctor import diagnose
-from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, get_events, get_run, list_runs, resume_run,
+from workflows.replay import replay_run
+from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, fork_run, get_events, get_run, list_runs, resume_run,
                             retry_failed_compensations, start_run)
 
 __all__ = [
@@ -36,12 +37,14 @@ __all__ = [
     "cancel_run",
     "decide",
     "diagnose",
+    "fork_run",
     "get_approval",
     "get_events",
     "get_agent",
     "get_run",
     "list_approvals",
     "list_runs",
+    "replay_run",
     "resume_run",
     "retry_failed_compensations",
     "start_run",

@@ -82,11 +82,13 @@ class Agent:
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, tools={list(self.tools)})"
 
-    def system_prompt(self) -> str:
+    def system_prompt(self, instructions: str | None = None) -> str:
+        """The agent's instructions (or others, for a fork), with the output schema it must follow."""
+        instructions = instructions or self.instructions
         if self.output_type is None:
-            return self.instructions
+            return instructions
         schema = json.dumps(self.output_type.model_json_schema())
-        return f"{self.instructions}\n\nWhen you are done, reply with only a JSON object matching this JSON schema:\n{schema}"
+        return f"{instructions}\n\nWhen you are done, reply with only a JSON object matching this JSON schema:\n{schema}"
 
     def needs_approval(self, tool: Tool, arguments: dict[str, Any]) -> bool:
         return tool.approval.needed_for(arguments) or bool(self.requires_approval and self.requires_approval(tool, arguments))

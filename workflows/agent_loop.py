@@ -7,7 +7,7 @@ rebuilt and the run goes on from the first step that has no checkpoint. Everythi
 deterministic given those outputs. A run that fails rolls back its effects (`workflows.saga`)."""
 
 import json
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from dbos import DBOS
 
@@ -15,8 +15,10 @@ from steps.errors import RunFailed
 from steps.events import record_step
 from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
+from steps.tools import Tool
 from workflows.agent import Agent, get_agent
 from workflows.approvals import await_approval
+from workflows.forks import fork_overrides
 from workflows.parking import call_parking
 from workflows.saga import needs_rollback, start_rollback
 
@@ -26,14 +28,54 @@ INVALID_REPLY = "invalid_arguments"
 @DBOS.workflow(name="keel.agent_run")
 async def agent_run(request: dict[str, Any]) -> Any:
     """Run `request["agent"]` on `request["input"]`; returns the final answer (JSON)."""
-    run = AgentRun(get_agent(request["agent"]), DBOS.workflow_id or "")
+    run_id = DBOS.workflow_id
+    assert run_id is not None
+    agent = get_agent(request["agent"])
+    overrides = await fork_overrides(run_id)  # a fork may change the model or the instructions
+    run = AgentRun(agent, DurableOperations(run_id, agent), **overrides)
     return await run.execute(request["input"])
 
 
-class AgentRun:
-    def __init__(self, agent: Agent, run_id: str) -> None:
-        self.agent = agent
+class Operations(Protocol):
+    """How the loop's durable operations happen: for real (`DurableOperations`), or served from a
+    recorded run (`workflows.replay`)."""
+
+    async def event(self, kind: str, payload: dict[str, Any]) -> float: ...
+    async def model(self, request: ModelRequest) -> dict[str, Any]: ...
+    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
+    async def approval(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
+    async def rollback(self, reason: str) -> None: ...
+
+
+class DurableOperations:
+    def __init__(self, run_id: str, agent: Agent) -> None:
         self.run_id = run_id
+        self.agent = agent
+
+    async def event(self, kind: str, payload: dict[str, Any]) -> float:
+        return await record_step(kind, payload)
+
+    async def model(self, request: ModelRequest) -> dict[str, Any]:
+        return await call_parking(lambda first, _: llm_step(request, first), "model")
+
+    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+        return await call_parking(
+            lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first),
+            f"tool {tool.name} ({tool.dependency})")
+
+    async def approval(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+        return await await_approval(tool, arguments, call_id)
+
+    async def rollback(self, reason: str) -> None:
+        await (await start_rollback(self.run_id, self.agent.name, reason)).get_result()
+
+
+class AgentRun:
+    def __init__(self, agent: Agent, ops: Operations, *, model: str | None = None, instructions: str | None = None) -> None:
+        self.agent = agent
+        self.ops = ops
+        self.model = model or agent.model
+        self.instructions = instructions
         self.reasks_left = agent.max_reasks
         self.tools_used: list[str] = []
         self.tokens = 0
@@ -49,18 +91,18 @@ class AgentRun:
 
     async def loop(self, user_input: str) -> Any:
         agent = self.agent
-        started_at = await record_step("run_started", {"agent": agent.name, "input": user_input})
+        started_at = await self.ops.event("run_started", {"agent": agent.name, "input": user_input})
         deadline = started_at + agent.max_seconds if agent.max_seconds else None
         conversation: list[dict[str, Any]] = [
-            {"role": "system", "content": agent.system_prompt()},
+            {"role": "system", "content": agent.system_prompt(self.instructions)},
             {"role": "user", "content": user_input},
         ]
         sent = 0
         for turn in range(1, agent.max_turns + 1):
             await self.check_budgets()
-            request = ModelRequest(model=agent.model, messages=list(conversation), tools=agent.tool_schemas, turn=turn,
+            request = ModelRequest(model=self.model, messages=list(conversation), tools=agent.tool_schemas, turn=turn,
                                    already_sent=sent, retry=agent.model_retry, timeout=agent.model_timeout, deadline=deadline)
-            reply = await call_parking(lambda first, _: llm_step(request, first), "model")
+            reply = await self.ops.model(request)
             sent = len(conversation)
             if not reply["ok"]:
                 await self.fail(failure_reason(reply["error"], "model"), f"model call failed: {reply['error']['message']}")
@@ -72,7 +114,7 @@ class AgentRun:
             if not calls:
                 output, problem = agent.parse_output(message["content"])
                 if problem is None:
-                    await record_step("run_finished", {"status": "succeeded", "turns": turn})
+                    await self.ops.event("run_finished", {"status": "succeeded", "turns": turn})
                     return output
                 await self.reask(problem)
                 conversation.append({"role": "user", "content": f"Your final answer was not accepted: {problem}. Try again."})
@@ -88,15 +130,13 @@ class AgentRun:
             await self.reask(problem or "unknown tool")
             return tool_message(call["id"], {"error": {"kind": INVALID_REPLY, "message": problem}})
         if self.agent.needs_approval(found, arguments):
-            decision = await await_approval(found, arguments, call["id"])
+            decision = await self.ops.approval(found, arguments, call["id"])
             if decision["status"] != "approved":
                 message = f"a person did not approve this call ({decision['status']}): {decision['comment'] or 'no comment'}"
                 if found.approval.on_reject == "fail":
                     await self.fail("approval_rejected", f"{found.name}: {message}")
                 return tool_message(call["id"], {"error": {"kind": "not_approved", "message": message}})
-        outcome = await call_parking(
-            lambda first, previous: tool_call_step(found, arguments, call["id"], previous and previous["idempotency_key"], first),
-            f"tool {found.name} ({found.dependency})")
+        outcome = await self.ops.tool(found, arguments, call["id"])
         if outcome["ok"]:
             self.tools_used.append(found.name)
             return tool_message(call["id"], outcome["result"])
@@ -121,9 +161,9 @@ class AgentRun:
             await self.fail("invalid_model_output", problem)
 
     async def fail(self, reason: str, message: str) -> NoReturn:
-        await record_step("run_finished", {"status": "failed", "reason": reason, "message": message})
+        await self.ops.event("run_finished", {"status": "failed", "reason": reason, "message": message})
         if needs_rollback(self.agent, self.tools_used):
-            await (await start_rollback(self.run_id, self.agent.name, reason)).get_result()
+            await self.ops.rollback(reason)
         raise RunFailed(reason, message)
 
 

@@ -14,10 +14,12 @@ from steps.compensations import list_compensations
 from steps.errors import UserError
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
+from workflows.forks import record_fork
 from workflows.saga import retry_compensations, start_rollback
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-COLUMNS = "run_id, agent, input, status, reason, output, error, turns, tokens, created_at, updated_at, pending_approval_id"
+COLUMNS = """run_id, agent, input, status, reason, output, error, turns, tokens, cost_usd, waiting_for, forked_from,
+             created_at, updated_at, pending_approval_id"""
 
 
 class IdempotencyConflict(UserError):
@@ -66,6 +68,22 @@ async def cancel_run(run_id: str) -> dict[str, Any]:
     await cancel_pending_approvals(run_id)
     await start_rollback(run_id, run["agent"], "cancelled")
     return await get_run(run_id)
+
+
+async def fork_run(run_id: str, from_step: int, *, model: str | None = None, instructions: str | None = None) -> dict[str, Any]:
+    """A new run that reuses `run_id`'s recorded outputs before step `from_step` and runs live from
+    there (with another model or instructions, if given). Effects before the fork are not repeated."""
+    await get_run(run_id)
+    async with db.pool().connection() as conn:
+        last = (await (await conn.execute("SELECT max(function_id) FROM dbos.operation_outputs WHERE workflow_uuid = %s",
+                                          (run_id,))).fetchone())[0] or 0
+    if not 1 <= from_step <= last + 1:
+        raise UserError(f"from_step must be between 1 and {last + 1} for run {run_id}")
+    fork_id = f"{run_id[:100]}-fork-{uuid.uuid4().hex[:8]}"
+    await record_fork(fork_id, run_id, from_step, model, instructions)
+    with SetWorkflowID(fork_id):
+        await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version)
+    return await get_run(fork_id)
 
 
 async def resume_run(run_id: str) -> dict[str, Any]:

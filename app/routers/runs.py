@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query
 
-from app.schemas import EventView, RunCreate, RunPage, RunStarted, RunView
-from workflows import cancel_run, get_events, get_run, list_runs, resume_run, retry_failed_compensations, start_run
+from app.schemas import EventView, ReplayReport, RunCreate, RunFork, RunPage, RunStarted, RunView
+from workflows import cancel_run, fork_run, get_events, get_run, list_runs, replay_run, resume_run, retry_failed_compensations, start_run
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
@@ -31,6 +31,19 @@ async def read_run(run_id: str) -> dict:
 async def read_events(run_id: str) -> list[dict]:
     """The run's timeline: every model call, tool call, retry, approval and compensation, in order."""
     return await get_events(run_id)
+
+
+@router.post("/{run_id}/fork", status_code=202, response_model=RunView)
+async def fork(run_id: str, body: RunFork) -> dict:
+    """A new run that reuses this one's recorded outputs before `from_step` and runs live from there."""
+    return await fork_run(run_id, body.from_step, model=body.model, instructions=body.instructions)
+
+
+@router.post("/{run_id}/replay", response_model=ReplayReport)
+async def replay(run_id: str) -> dict:
+    """Run the recorded run's logic again on its recorded outputs (nothing is called): does today's
+    code make the same decisions? The upgrade check for pending runs."""
+    return await replay_run(run_id)
 
 
 @router.post("/{run_id}/cancel", response_model=RunView)

@@ -1,0 +1,106 @@
+"""Fork a run from a step (earlier effects are not repeated), and replay a run against its recorded
+outputs to see whether the current code makes the same decisions."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from app.demo.billing import Resolution, billing
+from steps.tools import ApprovalPolicy
+from tests.conftest import fetch_value, wait_for_run
+from tests.processes import ROOT, Worker
+from workflows import Agent, Tool, replay_run
+
+
+async def upgrade(api: httpx.AsyncClient, customer: str, plan: str = "pro") -> dict:
+    response = await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the {plan} plan"})
+    return await wait_for_run(api, response.json()["run_id"])
+
+
+async def step_of(db: psycopg.AsyncConnection, run_id: str, tool: str) -> int:
+    return await fetch_value(db, "SELECT step_id FROM keel.events WHERE run_id = %s AND kind = 'tool_call' AND payload ->> 'tool' = %s", run_id, tool)
+
+
+async def effects(db: psycopg.AsyncConnection, customer: str) -> tuple:
+    return await (await db.execute(
+        """SELECT (SELECT count(*) FROM sandbox.tickets WHERE customer_id = %(c)s), (SELECT count(*) FROM sandbox.payments WHERE customer_id = %(c)s),
+                  (SELECT count(*) FROM sandbox.plan_changes WHERE customer_id = %(c)s),
+                  (SELECT count(*) FROM sandbox.emails WHERE recipient = lower(%(c)s) || '@example.com')""", {"c": customer})).fetchone()
+
+
+async def test_a_fork_reuses_the_steps_before_its_fork_point(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
+    original = await upgrade(api, customer)
+    from_step = await step_of(db, original["run_id"], "update_plan")
+
+    response = await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": from_step, "model": "scripted-2"})
+    fork = await wait_for_run(api, response.json()["run_id"])
+
+    assert response.status_code == 202
+    assert fork["status"] == "succeeded" and fork["forked_from"] == original["run_id"]
+    assert await effects(db, customer) == (1, 1, 2, 2)  # ticket and charge reused; plan and email live again
+    live = await (await db.execute("SELECT tool FROM keel.tool_calls WHERE run_id = %s ORDER BY step_id", (fork["run_id"],))).fetchall()
+    assert live == [("update_plan",), ("send_email",)]
+    models = await (await db.execute("SELECT DISTINCT payload ->> 'model' FROM keel.events WHERE run_id = %s AND kind = 'llm_request'", (fork["run_id"],))).fetchall()
+    assert models == [("scripted-2",)]
+
+
+async def test_a_fork_can_change_the_instructions(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
+    original = await upgrade(api, customer)
+
+    response = await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": 2, "instructions": "Be brief."})
+    fork = await wait_for_run(api, response.json()["run_id"])
+
+    first = await fetch_value(db, "SELECT payload -> 'messages' -> 0 ->> 'content' FROM keel.events WHERE run_id = %s AND kind = 'llm_request' ORDER BY id LIMIT 1", fork["run_id"])
+    assert first.startswith("Be brief.")
+    assert fork["status"] == "succeeded"
+
+
+async def test_a_fork_point_outside_the_run_is_refused(api: httpx.AsyncClient, customer: str) -> None:
+    original = await upgrade(api, customer)
+    assert (await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": 999})).status_code == 422
+    assert (await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": 0})).status_code == 422
+    assert (await api.post("/v1/runs/nope/fork", json={"from_step": 1})).status_code == 404
+
+
+async def test_replaying_an_unchanged_run_reports_no_divergence(api: httpx.AsyncClient, customer: str, service: Worker, worker_env: dict) -> None:
+    run = await upgrade(api, customer)
+
+    report = (await api.post(f"/v1/runs/{run['run_id']}/replay")).json()
+    printed = subprocess.run([str(Path(sys.executable).parent / "keel"), "replay", run["run_id"]], cwd=ROOT, capture_output=True, text=True,
+                             env={**worker_env, "KEEL_PORT": str(service.port)})
+
+    assert report["same"] is True and report["divergence"] is None
+    assert report["replayed_outcome"] == report["recorded_outcome"]
+    assert len(report["steps"]) == 13
+    assert printed.returncode == 0 and "same decisions" in printed.stdout
+
+
+async def test_replaying_a_rolled_back_run_follows_its_rollback(api: httpx.AsyncClient, customer: str) -> None:
+    await api.post("/sandbox/faults", json={"service": "plans", "kind": "unavailable", "match": customer})
+    run = await upgrade(api, customer)
+
+    report = (await api.post(f"/v1/runs/{run['run_id']}/replay")).json()
+
+    assert run["status"] == "compensated"
+    assert report["same"] is True, report
+    assert report["steps"][-1]["operation"] == "rollback (tool_failed)"
+
+
+async def test_replay_finds_the_first_step_a_code_change_would_break(api: httpx.AsyncClient, ledger_pool: AsyncConnectionPool, customer: str) -> None:
+    run = await upgrade(api, customer)
+    tools = [t for t in billing.tools.values()]
+    stricter = Agent("billing-stricter", instructions=billing.instructions, output_type=Resolution,
+                     tools=[*tools[:1], tool_needing_approval(tools[1]), *tools[2:]])
+    report = await replay_run(run["run_id"], agent=stricter)
+
+    assert report["same"] is False
+    assert report["divergence"].startswith("step 5: the run recorded keel.tool_call, the code calls approval for create_ticket")
+
+
+def tool_needing_approval(tool: Tool) -> Tool:
+    return dataclasses.replace(tool, approval=ApprovalPolicy(required=True))
