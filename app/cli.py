@@ -69,12 +69,9 @@ def run(agent: str, input: str, key: str | None, wait: bool) -> None:
     """Start AGENT on INPUT."""
     headers = {"Idempotency-Key": key} if key else {}
     started = request("POST", "/v1/runs", json={"agent": agent, "input": input}, headers=headers)
-    run_id = started["run_id"]
-    click.echo(f"run {run_id}: {started['status']}")
+    click.echo(f"run {started['run_id']}: {started['status']}")
     if wait:
-        final = wait_for(run_id)
-        show(final)
-        sys.exit(0 if final["status"] == "succeeded" else 1)
+        finish(started["run_id"])
 
 
 @main.command()
@@ -125,9 +122,7 @@ def fork(run_id: str, from_step: int, model: str | None, instructions: str | Non
     forked = request("POST", f"/v1/runs/{run_id}/fork", json=body)
     click.echo(f"run {forked['run_id']}: {forked['status']} (forked from {run_id} at step {from_step})")
     if wait:
-        final = wait_for(forked["run_id"])
-        show(final)
-        sys.exit(0 if final["status"] == "succeeded" else 1)
+        finish(forked["run_id"])
 
 
 @main.command()
@@ -215,6 +210,13 @@ def decide_command(approval_id: str, decision: str, comment: str | None, decided
     body = {"decision": decision, "comment": comment, "decided_by": decided_by}
     item = request("POST", f"/v1/approvals/{approval_id}", json=body)
     click.echo(f"{item['approval_id']}: {item['status']} by {item['decided_by']}")
+
+
+def finish(run_id: str) -> None:
+    """Wait for the run to end, print it, and exit 0 only if it succeeded."""
+    final = wait_for(run_id)
+    show(final)
+    sys.exit(0 if final["status"] == "succeeded" else 1)
 
 
 def wait_for(run_id: str, interval: float = 0.5) -> dict[str, Any]:

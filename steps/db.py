@@ -2,15 +2,23 @@
 
 from psycopg_pool import AsyncConnectionPool
 
-_pool: AsyncConnectionPool | None = None
+
+class PoolSlot:
+    """A pool that a layer owns and the application sets at start-up (and clears at shutdown)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._pool: AsyncConnectionPool | None = None
+
+    def configure(self, pool: AsyncConnectionPool | None) -> None:
+        self._pool = pool
+
+    def get(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise RuntimeError(f"{self.owner} has no connection pool: configure it at start-up")
+        return self._pool
 
 
-def configure(pool: AsyncConnectionPool | None) -> None:
-    global _pool
-    _pool = pool
-
-
-def pool() -> AsyncConnectionPool:
-    if _pool is None:
-        raise RuntimeError("steps.db is not configured: call steps.db.configure(pool) at start-up")
-    return _pool
+_keel = PoolSlot("steps.db")
+configure = _keel.configure
+pool = _keel.get

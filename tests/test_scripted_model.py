@@ -326,30 +326,28 @@ async def test_match_scopes_a_fault_to_the_first_user_message(model: AsyncOpenAI
         await ask(model, user("Upgrade customer C-7 to the pro plan"), BILLING_TOOLS)
 
 
+async def statuses_of(model: AsyncOpenAI, requests: int) -> list[int]:
+    """The HTTP status of each of `requests` identical chat requests."""
+    statuses = []
+    for _ in range(requests):
+        try:
+            await ask(model, user("say ok"))
+            statuses.append(200)
+        except openai.APIStatusError as error:
+            statuses.append(error.status_code)
+    return statuses
+
+
 async def test_times_counts_down_and_earliest_fault_of_a_kind_goes_first(model: AsyncOpenAI, root: str) -> None:
     add_fault(root, kind="status", status=500, times=2)
     add_fault(root, kind="status", status=429)
     assert [fault["times"] for fault in pending_faults(root)] == [2, 1]
-    statuses = []
-    for _ in range(4):
-        try:
-            await ask(model, user("say ok"))
-            statuses.append(200)
-        except openai.APIStatusError as error:
-            statuses.append(error.status_code)
-    assert statuses == [500, 500, 429, 200]
+    assert await statuses_of(model, 4) == [500, 500, 429, 200]
 
 
 async def test_after_lets_requests_pass_before_the_fault_applies(model: AsyncOpenAI, root: str) -> None:
     add_fault(root, kind="status", status=503, after=2)
-    statuses = []
-    for _ in range(4):
-        try:
-            await ask(model, user("say ok"))
-            statuses.append(200)
-        except openai.APIStatusError as error:
-            statuses.append(error.status_code)
-    assert statuses == [200, 200, 503, 200]
+    assert await statuses_of(model, 4) == [200, 200, 503, 200]
 
 
 async def test_probability_draws_per_request_and_a_retry_draws_anew(model: AsyncOpenAI, root: str) -> None:

@@ -6,10 +6,11 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from app.sandbox.faults import DroppedResponse, FaultCreate, add_fault, take_fault
+from app.sandbox.faults import DroppedResponse, Fault, FaultCreate, add_fault, take_fault
 from app.sandbox.database import pool
 
 router = APIRouter(tags=["sandbox"])
@@ -40,9 +41,7 @@ CHARGE_COLUMNS = "charge_id, idempotency_key, customer_id, amount_cents, descrip
 async def create_charge(charge: ChargeCreate, key: IdempotencyKey, response: Response) -> Any:
     """Charge a customer once per `Idempotency-Key`; a repeated key returns the original charge."""
     async with pool().connection() as conn:
-        fault = await take_fault(conn, "payments", charge.model_dump_json())
-        if fault and fault.kind == "unavailable":
-            raise unavailable("payments", fault.seconds)
+        fault = await take_fault_or_refuse(conn, "payments", charge.model_dump_json())
         cursor = conn.cursor(row_factory=dict_row)
         async with conn.transaction():
             known = await (await cursor.execute("SELECT 1 FROM sandbox.customers WHERE id = %s", (charge.customer_id,))).fetchone()
@@ -76,9 +75,7 @@ async def list_charges(idempotency_key: Annotated[str | None, Query()] = None) -
 async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Response) -> Any:
     """Refund a charge in full, once per `Idempotency-Key`."""
     async with pool().connection() as conn:
-        fault = await take_fault(conn, "payments", refund.model_dump_json())
-        if fault and fault.kind == "unavailable":
-            raise unavailable("payments", fault.seconds)
+        fault = await take_fault_or_refuse(conn, "payments", refund.model_dump_json())
         cursor = conn.cursor(row_factory=dict_row)
         async with conn.transaction():
             charge = await (await cursor.execute(
@@ -103,9 +100,7 @@ async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Res
 async def send_message(message: MessageCreate, key: IdempotencyKey) -> Any:
     """Send an email once per `Idempotency-Key`."""
     async with pool().connection() as conn:
-        fault = await take_fault(conn, "mail", message.model_dump_json())
-        if fault and fault.kind == "unavailable":
-            raise unavailable("mail", fault.seconds)
+        fault = await take_fault_or_refuse(conn, "mail", message.model_dump_json())
         await conn.execute(
             """INSERT INTO sandbox.emails (message_id, idempotency_key, recipient, subject, body)
                VALUES (%s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
@@ -128,11 +123,15 @@ async def clear_faults() -> dict[str, int]:
         return {"cleared": cursor.rowcount}
 
 
-def unavailable(service: str, retry_after: float) -> HTTPException:
-    return HTTPException(503, f"{service} unavailable (sandbox fault)", headers={"Retry-After": f"{retry_after:g}"})
+async def take_fault_or_refuse(conn: AsyncConnection, service: str, request_text: str) -> Fault | None:
+    """The fault this request meets, if any; an `unavailable` one refuses it with a 503 at once."""
+    fault = await take_fault(conn, service, request_text)
+    if fault and fault.kind == "unavailable":
+        raise HTTPException(503, f"{service} unavailable (sandbox fault)", headers={"Retry-After": f"{fault.seconds:g}"})
+    return fault
 
 
-async def after_commit(fault: Any, body: dict[str, Any]) -> Any:
+async def after_commit(fault: Fault | None, body: dict[str, Any]) -> Any:
     if fault and fault.kind == "delay_response":
         await asyncio.sleep(fault.seconds)
     if fault and fault.kind == "drop_response":
