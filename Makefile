@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test clean
+.PHONY: install run test lint clean
 
 install: $(VENV)/.installed
 
@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/keel serve
 
-test: install
+test: install lint
 	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check app steps workflows tests bench migrations
 
 clean:
 	-$(BIN)/keel stop-database

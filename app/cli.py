@@ -36,7 +36,8 @@ def serve(host: str | None, port: int | None) -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database: DBOS's schema, then Keel's."""
-    from app.database import database_url, migrate as run_migrations, redact
+    from app.database import database_url, redact
+    from app.database import migrate as run_migrations
 
     url = database_url(get_settings())
     run_migrations(url)

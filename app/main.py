@@ -6,12 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from openai import AsyncOpenAI
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import sandbox, scripted_model
@@ -21,9 +22,8 @@ from app.demo import billing
 from app.routers import approvals, doctor, runs
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
+from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
 from workflows.doctor import beat
-from workflows import (ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent,
-                       UserError)
 
 log = logging.getLogger("keel")
 DEMO_INPUT = "Upgrade customer C-42 to the pro plan"
@@ -129,6 +129,11 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return error(503, "database_unavailable", "the database is not reachable; try again shortly")
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:

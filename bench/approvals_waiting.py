@@ -105,7 +105,7 @@ async def main(runs: int, concurrency: int) -> None:
     finally:
         worker.stop()
         stop(model)
-    print(f"\n| worker process | threads | CPU % | RSS MB |\n|---|---|---|---|")
+    print("\n| worker process | threads | CPU % | RSS MB |\n|---|---|---|---|")
     print(f"| idle, no runs | {idle['threads']} | {idle['cpu_percent']} | {idle['rss_mb']} |")
     print(f"| {runs} runs waiting for approval | {waiting['threads']} | {waiting['cpu_percent']} | {waiting['rss_mb']} |")
     print(f"\napproved {runs} in {approved_in:.1f}s (concurrency {concurrency}); all {runs} succeeded {finished_in:.1f}s after the first decision")

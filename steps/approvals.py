@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from steps import db, events
 from steps.errors import UserError
+from steps.retry import OUTAGE_RETRIES
 
 COLUMNS = """approval_id, run_id, tool, arguments, status, requested_at, expires_at, escalations,
              decided_by, decided_at, comment"""
@@ -26,7 +27,7 @@ class ApprovalConflict(UserError):
     """A decision that contradicts the recorded one, or comes after expiry."""
 
 
-@DBOS.step(name="keel.approval_request")
+@DBOS.step(name="keel.approval_request", **OUTAGE_RETRIES)
 async def request_approval_step(tool: str, arguments: dict[str, Any], tool_call_id: str, timeout: float) -> dict[str, Any]:
     """Open an approval request for a tool call; returns its ID (the same on re-execution)."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
@@ -43,7 +44,7 @@ async def request_approval_step(tool: str, arguments: dict[str, Any], tool_call_
     return {"approval_id": approval_id}
 
 
-@DBOS.step(name="keel.approval_settle")
+@DBOS.step(name="keel.approval_settle", **OUTAGE_RETRIES)
 async def settle_approval_step(approval_id: str, *, escalate: bool, timeout: float) -> dict[str, Any]:
     """After the wait: the recorded decision, or (still pending) escalate or expire the request."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id

@@ -7,6 +7,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from steps import db, events, failpoints
+from steps.retry import OUTAGE_RETRIES
 
 EFFECTS = """
 SELECT idempotency_key, tool, arguments, result FROM keel.tool_calls
@@ -16,7 +17,7 @@ FOR UPDATE
 """
 
 
-@DBOS.step(name="keel.compensation_plan")
+@DBOS.step(name="keel.compensation_plan", **OUTAGE_RETRIES)
 async def plan_compensations_step(run_id: str, compensable: list[str], irreversible: list[str]) -> list[dict[str, Any]]:
     """The run's effects to undo, newest first, numbered from 1; irreversible ones are listed too.
 
@@ -40,7 +41,7 @@ async def plan_compensations_step(run_id: str, compensable: list[str], irreversi
     return plan
 
 
-@DBOS.step(name="keel.compensation_mark")
+@DBOS.step(name="keel.compensation_mark", **OUTAGE_RETRIES)
 async def mark_compensation_step(run_id: str, n: int, status: str, error: dict[str, Any] | None, attempt: int) -> None:
     """Record the outcome of compensation `n` of `run_id` (its events use `step_id = n`)."""
     failpoints.hit(f"compensation.{status}:{n}")

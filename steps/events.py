@@ -11,6 +11,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from steps import db
+from steps.retry import OUTAGE_RETRIES
 
 INSERT = """
 INSERT INTO keel.events (run_id, step_id, kind, attempt, payload)
@@ -37,7 +38,7 @@ async def record(
         await own.execute(INSERT, params)
 
 
-@DBOS.step(name="keel.event")
+@DBOS.step(name="keel.event", **OUTAGE_RETRIES)
 async def record_step(kind: str, payload: dict[str, Any]) -> float:
     """Record an event from workflow code, as a step of its own (a workflow body does no I/O).
 

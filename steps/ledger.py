@@ -18,7 +18,7 @@ from dbos import DBOS
 from psycopg.types.json import Jsonb
 
 from steps import breaker, db, events, failpoints
-from steps.retry import AttemptFailed, Failure, retrying
+from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, retrying
 from steps.tools import Tool, ToolContext
 
 RECORD_INTENT = """
@@ -52,7 +52,7 @@ class Outcome:
     reconciled: bool = False
 
 
-@DBOS.step(name="keel.tool_call")
+@DBOS.step(name="keel.tool_call", **OUTAGE_RETRIES)
 async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str, key: str | None = None,
                          first_attempt: int = 1) -> dict[str, Any]:
     """One tool call, retried by the tool's policy; returns `{"ok": ...}`, never raises.

@@ -12,7 +12,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 
 from steps import breaker, events, failpoints
-from steps.retry import AttemptFailed, Failure, RetryPolicy, retrying
+from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, RetryPolicy, retrying
 
 # USD per million tokens (input, output); a model not listed costs 0. Override with configure(prices=).
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -69,7 +69,7 @@ class ModelRequest:
     """Epoch seconds after which the run's wall-clock budget refuses the call."""
 
 
-@DBOS.step(name="keel.llm")
+@DBOS.step(name="keel.llm", **OUTAGE_RETRIES)
 async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, Any]:
     """Ask the model for the next message; returns `{"ok": ...}`, never raises."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id

@@ -7,8 +7,8 @@ built with `max_retries=0` and DBOS steps with no retries, so every attempt is s
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import httpx
@@ -45,6 +45,21 @@ class RetryPolicy:
             raise UserError("need 0 <= initial_delay <= max_delay")
 
 
+OUTAGES = (psycopg.OperationalError, PoolTimeout)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Keel's own database is unreachable: no fault of a tool or the model."""
+    return isinstance(exc, OUTAGES)
+
+
+OUTAGE_RETRIES: dict[str, Any] = {"retries_allowed": True, "max_attempts": 12, "interval_seconds": 0.5, "backoff_rate": 2.0,
+                                  "should_retry": is_outage}
+"""Options for Keel's DBOS steps: while the database is away (a restart, a failover), the step is
+run again with backoff (about half an hour in all), like DBOS blocks its own writes. Steps are
+idempotent, so running one again is safe; model and tool failures are never retried this way."""
+
+
 class CircuitOpen(Exception):
     """The dependency's circuit breaker is open: no call went out; try after `retry_after` seconds."""
 
@@ -56,7 +71,7 @@ class CircuitOpen(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class Failure:
-    kind: str  # "transient" | "permanent" | "ask_model" | "circuit_open"
+    kind: str  # "transient" | "permanent" | "ask_model" | "circuit_open" | "outage"
     type: str
     message: str
     status: int | None = None
@@ -78,7 +93,9 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
         return _from_status(name, f"{response.status_code} from {exc.request.url}", response.status_code, response.headers)
-    transient = (openai.APIConnectionError, httpx.TransportError, TimeoutError, psycopg.OperationalError, PoolTimeout)
+    if is_outage(exc):
+        return Failure(kind="outage", type=name, message=str(exc) or name)
+    transient = (openai.APIConnectionError, httpx.TransportError, TimeoutError)
     if isinstance(exc, transient):
         return Failure(kind="transient", type=name, message=str(exc) or name)
     if isinstance(exc, pydantic.ValidationError):
@@ -103,7 +120,7 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 OnRetry = Callable[[int, Failure, float], Awaitable[None]]
@@ -162,5 +179,7 @@ async def retrying(policy: RetryPolicy, attempt: Callable[[int], Awaitable[T]], 
                 current = number(state.retry_state)
                 return await attempt(current)
     except Exception as exc:
+        if is_outage(exc):  # not the call's failure: the step as a whole is retried (OUTAGE_RETRIES)
+            raise
         raise AttemptFailed(classify(exc), current) from exc
     raise AssertionError("unreachable: tenacity either returns or reraises")

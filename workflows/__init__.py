@@ -3,16 +3,27 @@
     from workflows import Agent, tool, ToolContext
 """
 
+from steps.approvals import ApprovalConflict, ApprovalNotFound
 from steps.errors import AskModel, KeelError, PermanentToolError, RunFailed, ToolError, TransientToolError, UserError
 from steps.retry import RetryPolicy
-from steps.approvals import ApprovalConflict, ApprovalNotFound
 from steps.tools import ApprovalPolicy, Tool, ToolContext, tool
 from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
 from workflows.approvals import decide, get_approval, list_approvals
 from workflows.doctor import diagnose
 from workflows.replay import replay_run
-from workflows.runs import (IdempotencyConflict, RunConflict, RunNotFound, cancel_run, fork_run, get_events, get_run, list_runs, resume_run,
-                            retry_failed_compensations, start_run)
+from workflows.runs import (
+                            IdempotencyConflict,
+                            RunConflict,
+                            RunNotFound,
+                            cancel_run,
+                            fork_run,
+                            get_events,
+                            get_run,
+                            list_runs,
+                            resume_run,
+                            retry_failed_compensations,
+                            start_run,
+)
 
 __all__ = [
     "Agent",

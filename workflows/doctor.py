@@ -42,7 +42,8 @@ CHECKS = {
 }
 
 FIXES = {
-    "executor_gone": "its worker stopped beating; restart a worker with KEEL_EXECUTOR_ID={executor_id}, or `keel resume {run_id}` to let any live worker take it",
+    "executor_gone": ("its worker stopped beating; restart a worker with KEEL_EXECUTOR_ID={executor_id}, "
+                      "or `keel resume {run_id}` to let any live worker take it"),
     "other_version": "only a worker with KEEL_APP_VERSION={app_version} recovers it: start one to drain it, or check with `keel replay` before moving it",
     "dead_lettered": "crashed its worker {recovery_attempts} times; after fixing the cause, `keel resume {run_id}`",
     "circuit_open": "waits for {dependency} to recover; it resumes by itself once a probe call succeeds",

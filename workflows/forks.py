@@ -4,7 +4,10 @@ in the workflow body is as deterministic as a recorded step."""
 
 from typing import Any
 
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
+
 from steps import db
+from steps.retry import is_outage
 
 
 async def record_fork(run_id: str, forked_from: str, from_step: int, model: str | None, instructions: str | None) -> None:
@@ -14,9 +17,10 @@ async def record_fork(run_id: str, forked_from: str, from_step: int, model: str 
             (run_id, forked_from, from_step, model, instructions))
 
 
+@retry(retry=retry_if_exception(is_outage), wait=wait_exponential(max=30), stop=stop_after_delay(1800), reraise=True)
 async def fork_overrides(run_id: str) -> dict[str, Any]:
     async with db.pool().connection() as conn:
         row = await (await conn.execute("SELECT model, instructions FROM keel.forks WHERE run_id = %s", (run_id,))).fetchone()
     if row is None:
         return {}
-    return {key: value for key, value in zip(("model", "instructions"), row) if value is not None}
+    return {key: value for key, value in zip(("model", "instructions"), row, strict=True) if value is not None}

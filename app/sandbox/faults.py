@@ -2,10 +2,10 @@
 
 from typing import Literal
 
+from fastapi.responses import Response
 from psycopg import AsyncConnection
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
-from fastapi.responses import Response
 
 FaultKind = Literal["drop_response", "delay_response", "unavailable"]
 

@@ -10,8 +10,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from app.sandbox.faults import DroppedResponse, Fault, FaultCreate, add_fault, take_fault
 from app.sandbox.database import pool
+from app.sandbox.faults import DroppedResponse, Fault, FaultCreate, add_fault, take_fault
 
 router = APIRouter(tags=["sandbox"])
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=255)]

@@ -12,7 +12,7 @@ import json
 import threading
 from collections import Counter
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,7 +23,7 @@ UNKNOWN_TOOL_NAME = "no_such_tool"
 BAD_FINAL_CONTENT = "not json at all"
 
 
-class FaultKind(str, Enum):
+class FaultKind(StrEnum):
     STATUS = "status"
     DELAY = "delay"
     MALFORMED_ARGUMENTS = "malformed_arguments"
