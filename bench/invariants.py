@@ -1,0 +1,74 @@
+"""What must hold after chaos, checked with SQL: no run lost or stuck, every effect exactly once,
+rolled-back runs undone exactly once, and the ledger agreeing with the sandbox row for row."""
+
+from typing import Any
+
+import psycopg
+
+PRICES = {"pro": 4900, "enterprise": 49900}
+EFFECTS = """
+SELECT c.id, c.plan,
+       (SELECT count(*) FROM sandbox.payments p WHERE p.customer_id = c.id) AS payments,
+       (SELECT count(*) FROM sandbox.payments p WHERE p.customer_id = c.id AND p.status = 'refunded') AS refunded,
+       (SELECT coalesce(sum(amount_cents), 0) FROM sandbox.payments p WHERE p.customer_id = c.id) AS charged,
+       (SELECT count(*) FROM sandbox.refunds r JOIN sandbox.payments p USING (charge_id) WHERE p.customer_id = c.id) AS refunds,
+       (SELECT count(*) FROM sandbox.tickets t WHERE t.customer_id = c.id) AS tickets,
+       (SELECT count(*) FROM sandbox.tickets t WHERE t.customer_id = c.id AND t.status = 'closed') AS closed,
+       (SELECT count(*) FROM sandbox.plan_changes x WHERE x.customer_id = c.id) AS plan_changes,
+       (SELECT count(*) FROM sandbox.emails e WHERE e.recipient = c.email) AS emails
+FROM sandbox.customers c WHERE c.id = ANY(%s)
+"""
+# (sandbox table, its idempotency key column, the tool whose ledger rows must match it)
+LEDGERED = [("payments", "charge_customer"), ("tickets", "create_ticket"), ("emails", "send_email"), ("refunds", "undo_charge_customer")]
+
+
+def expected_effects(kind: str, plan: str) -> dict[str, Any]:
+    if kind == "rollback":  # update_plan fails: ticket closed, charge refunded, plan untouched, no email
+        return {"plan": "basic", "payments": 1, "refunded": 1, "charged": PRICES[plan], "refunds": 1, "tickets": 1, "closed": 1,
+                "plan_changes": 0, "emails": 0}
+    return {"plan": plan, "payments": 1, "refunded": 0, "charged": PRICES[plan], "refunds": 0, "tickets": 1, "closed": 0,
+            "plan_changes": 1, "emails": 1}
+
+
+def check(url: str, keys: list[str], mix: list[tuple[str, str, str]]) -> dict[str, Any]:
+    violations: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        runs = {row[0]: row[1:] for row in conn.execute(
+            "SELECT run_id, status, reason, recovery_attempts FROM keel.runs WHERE run_id = ANY(%s)", (keys,)).fetchall()}
+        columns = ["id", "plan", "payments", "refunded", "charged", "refunds", "tickets", "closed", "plan_changes", "emails"]
+        effects = {row[0]: dict(zip(columns, row, strict=True)) for row in conn.execute(EFFECTS, ([c for c, _, _ in mix],)).fetchall()}
+        ledger_gaps = {}
+        for table, tool in LEDGERED:
+            ledger = "SELECT idempotency_key FROM keel.tool_calls WHERE tool = %s AND status = 'succeeded'"
+            without_outcome = conn.execute(f"SELECT count(*) FROM sandbox.{table} WHERE idempotency_key NOT IN ({ledger})", (tool,)).fetchone()[0]
+            without_effect = conn.execute(f"SELECT count(*) FROM ({ledger}) l WHERE idempotency_key NOT IN (SELECT idempotency_key FROM sandbox.{table})",
+                                          (tool,)).fetchone()[0]
+            ledger_gaps[table] = (without_outcome, without_effect)
+    duplicates = 0
+    for key, (customer, plan, kind) in zip(keys, mix, strict=True):
+        status = runs.get(key, (None,))[0]
+        wanted = "compensated" if kind == "rollback" else "succeeded"
+        if status != wanted:
+            violations.append(f"run {key} ({kind}) ended {status} ({runs.get(key, (None, None))[1]}), expected {wanted}")
+        got, want = effects[customer], expected_effects(kind, plan)
+        duplicates += sum(max(0, got[name] - 1) for name in ("payments", "refunds", "tickets", "emails", "plan_changes"))
+        for name, value in want.items():
+            if got[name] != value:
+                violations.append(f"customer {customer} ({kind}, run {key}): {name} is {got[name]}, expected {value}")
+    for table, (without_outcome, without_effect) in ledger_gaps.items():
+        if without_outcome or without_effect:
+            violations.append(f"{table}: {without_outcome} effect(s) without a ledger outcome, {without_effect} outcome(s) without an effect")
+    statuses = [value[0] for value in runs.values()]
+    return {
+        "submitted": len(keys),
+        "succeeded": statuses.count("succeeded"),
+        "compensated": statuses.count("compensated"),
+        "failed": statuses.count("failed") + statuses.count("compensation_failed"),
+        "pending": sum(1 for s in statuses if s not in ("succeeded", "compensated", "failed", "compensation_failed", "cancelled")),
+        "lost": len(set(keys) - set(runs)),
+        "duplicate_effects": duplicates,
+        "effects_without_ledger_outcome": sum(gap[0] for gap in ledger_gaps.values()),
+        "ledger_outcomes_without_effect": sum(gap[1] for gap in ledger_gaps.values()),
+        "runs_recovered": sum(1 for value in runs.values() if (value[2] or 0) > 1),
+        "violations": violations,
+    }
