@@ -120,6 +120,8 @@ class Call:
         return row[0], row[1], row[2], row[3]
 
     async def record_failure(self, failure: Failure) -> None:
-        """Transient failures leave the intent open (the effect may have happened); others close it."""
+        """A permanent failure closes the intent. Any other leaves it open: an earlier attempt's effect
+        may have happened (a lost response), so the next attempt asks `reconcile` first."""
+        keep_open = failure.kind not in ("permanent", "ask_model")
         async with db.pool().connection() as conn:
-            await conn.execute(FAIL, (failure.kind == "transient", Jsonb(failure.as_dict()), self.key))
+            await conn.execute(FAIL, (keep_open, Jsonb(failure.as_dict()), self.key))

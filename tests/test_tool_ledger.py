@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from steps.ledger import Call
+from steps.retry import Failure
 from steps.tools import ToolContext, tool
 from tests.conftest import fetch_value
 from workflows import TransientToolError
@@ -123,3 +124,23 @@ async def test_concurrent_attempts_of_one_key_run_the_tool_once(ledger_pool) -> 
     assert [r.result for r in results] == ["once"] * 3
     assert len(runs) == 1
     assert sum(r.deduplicated for r in results) == 2
+
+
+async def test_a_refused_attempt_keeps_an_earlier_intent_open_for_reconcile(ledger_pool) -> None:
+    asked: list[int] = []
+
+    async def find(ctx: ToolContext) -> str:
+        asked.append(ctx.attempt)
+        return "found"
+
+    @tool(reconcile=find)
+    async def lose_reply(ctx: ToolContext) -> str:
+        raise TransientToolError("response lost")
+
+    call = call_of(lose_reply, {})
+    with pytest.raises(TransientToolError):
+        await call.attempt(1)
+    await call.record_failure(Failure(kind="circuit_open", type="CircuitOpen", message="open", retry_after=1.0))
+    outcome = await call.attempt(2)
+
+    assert outcome.reconciled and asked == [2]
