@@ -27,7 +27,8 @@ async def test_a_run_of_a_dead_worker_is_found_and_taken_over(
         run_id = (await own.post("/v1/runs", json={"agent": "probe", "input": f'call transfer with {{"customer_id": "{customer}", "amount_cents": 5}}'})).json()["run_id"]
         await wait_for_status(own, run_id, "awaiting_approval")
     worker.kill()
-    await db.execute("UPDATE keel.workers SET last_seen = now() - interval '1 hour' WHERE executor_id = 'doctor-gone'")  # time passes
+    # 20 s of silence: past doctor's 3 heartbeats, short of the 6 after which a live worker takes over by itself
+    await db.execute("UPDATE keel.workers SET last_seen = now() - interval '20 seconds' WHERE executor_id = 'doctor-gone'")
 
     findings = [f for f in (await api.get("/v1/doctor")).json() if f["run_id"] == run_id]
     resumed = await api.post(f"/v1/runs/{run_id}/resume")

@@ -4,19 +4,11 @@ DBOS recovers a worker's runs only when a worker with the same executor ID and a
 starts, so a run can stop moving without any error. This finds such runs (and the others that wait
 on something) and says what to do."""
 
-import os
-import socket
 from typing import Any
 
 from psycopg.rows import dict_row
 
 from steps import db
-
-BEAT = """
-INSERT INTO keel.workers (executor_id, app_version, pid, host) VALUES (%s, %s, %s, %s)
-ON CONFLICT (executor_id) DO UPDATE
-SET app_version = EXCLUDED.app_version, pid = EXCLUDED.pid, host = EXCLUDED.host, last_seen = now()
-"""
 
 CHECKS = {
     "executor_gone": """
@@ -49,11 +41,6 @@ FIXES = {
     "circuit_open": "waits for {dependency} to recover; it resumes by itself once a probe call succeeds",
     "compensation_failed": "undoing {tool} failed; fix the cause, then `keel compensate {run_id}`",
 }
-
-
-async def beat(executor_id: str, app_version: str) -> None:
-    async with db.pool().connection() as conn:
-        await conn.execute(BEAT, (executor_id, app_version, os.getpid(), socket.gethostname()))
 
 
 async def diagnose(*, current_version: str, stale_after: float) -> list[dict[str, Any]]:

@@ -1,0 +1,48 @@
+"""Workers on one PostgreSQL: each beats in `keel.workers`; when one stops beating, a live worker
+takes its pending runs over.
+
+DBOS recovers a worker's runs only when a worker with the same executor ID starts again. A worker
+that died for good would strand them, so the first live worker to notice a stale heartbeat claims
+the dead executor (one UPDATE, so only one claimant) and hands its pending workflows to the queue
+with `DBOS.resume_workflow`; any worker of the same version then runs them from their last step.
+A worker that comes back under the old ID finds nothing of its own to recover."""
+
+import logging
+import os
+import socket
+
+from dbos import DBOS
+
+from steps import db
+
+log = logging.getLogger("keel")
+
+BEAT = """
+INSERT INTO keel.workers (executor_id, app_version, pid, host) VALUES (%s, %s, %s, %s)
+ON CONFLICT (executor_id) DO UPDATE
+SET app_version = EXCLUDED.app_version, pid = EXCLUDED.pid, host = EXCLUDED.host, last_seen = now()
+"""
+CLAIM = """
+UPDATE keel.workers SET taken_over_by = %(me)s, taken_over_at = now()
+WHERE executor_id <> %(me)s AND last_seen < now() - make_interval(secs => %(stale)s)
+  AND (taken_over_at IS NULL OR taken_over_at < last_seen)
+RETURNING executor_id
+"""
+PENDING = "SELECT workflow_uuid FROM dbos.workflow_status WHERE executor_id = %s AND status = 'PENDING' AND name LIKE 'keel.%%'"
+
+
+async def beat(executor_id: str, app_version: str) -> None:
+    async with db.pool().connection() as conn:
+        await conn.execute(BEAT, (executor_id, app_version, os.getpid(), socket.gethostname()))
+
+
+async def take_over_dead_workers(executor_id: str, stale_after: float) -> list[str]:
+    """Claim executors silent for `stale_after` seconds and requeue their pending runs; returns them."""
+    async with db.pool().connection() as conn:
+        dead = [row[0] for row in await (await conn.execute(CLAIM, {"me": executor_id, "stale": stale_after})).fetchall()]
+        orphans = [row[0] for executor in dead for row in await (await conn.execute(PENDING, (executor,))).fetchall()]
+    for workflow_id in orphans:
+        await DBOS.resume_workflow_async(workflow_id)
+    if dead:
+        log.warning("took over %d pending workflow(s) of stopped worker(s) %s", len(orphans), ", ".join(dead))
+    return orphans
