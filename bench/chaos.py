@@ -24,6 +24,8 @@ from bench.invariants import check
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
+REPORTED = ["submitted", "succeeded", "compensated", "failed", "pending", "lost", "duplicate_effects", "effects_without_ledger_outcome",
+            "ledger_outcomes_without_effect", "ledger_outcomes_without_event", "kills", "pg_restarts", "runs_recovered", "wall_seconds"]
 
 
 @dataclass(frozen=True)
@@ -170,12 +172,9 @@ async def wait_until_terminal(chaos: Chaos, keys: list[str], deadline: float) ->
 
 
 def print_report(report: dict) -> None:
-    rows = [(name, report[name]) for name in ("submitted", "succeeded", "compensated", "failed", "pending", "lost", "duplicate_effects",
-                                              "effects_without_ledger_outcome", "ledger_outcomes_without_effect", "kills", "pg_restarts",
-                                              "runs_recovered", "wall_seconds")]
     print("\n| measure | value |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name.replace('_', ' ')} | {value} |")
+    for name in REPORTED:
+        print(f"| {name.replace('_', ' ')} | {report[name]} |")
     for violation in report["violations"]:
         print(f"VIOLATION: {violation}")
     print("OK: every invariant holds" if not report["violations"] else f"FAILED: {len(report['violations'])} violation(s)")

@@ -44,6 +44,10 @@ def check(url: str, keys: list[str], mix: list[tuple[str, str, str]]) -> dict[st
             without_effect = conn.execute(f"SELECT count(*) FROM ({ledger}) l WHERE idempotency_key NOT IN (SELECT idempotency_key FROM sandbox.{table})",
                                           (tool,)).fetchone()[0]
             ledger_gaps[table] = (without_outcome, without_effect)
+        unrecorded = conn.execute(
+            """SELECT count(*) FROM keel.tool_calls c WHERE c.status = 'succeeded' AND NOT EXISTS (
+                   SELECT 1 FROM keel.events e WHERE e.kind = 'tool_result' AND e.payload ->> 'idempotency_key' = c.idempotency_key
+                   AND (e.payload ->> 'ok')::boolean)""").fetchone()[0]
     duplicates = 0
     for key, (customer, plan, kind) in zip(keys, mix, strict=True):
         status = runs.get(key, (None,))[0]
@@ -58,6 +62,8 @@ def check(url: str, keys: list[str], mix: list[tuple[str, str, str]]) -> dict[st
     for table, (without_outcome, without_effect) in ledger_gaps.items():
         if without_outcome or without_effect:
             violations.append(f"{table}: {without_outcome} effect(s) without a ledger outcome, {without_effect} outcome(s) without an effect")
+    if unrecorded:
+        violations.append(f"{unrecorded} ledger outcome(s) without a tool_result event")
     statuses = [value[0] for value in runs.values()]
     return {
         "submitted": len(keys),
@@ -69,6 +75,7 @@ def check(url: str, keys: list[str], mix: list[tuple[str, str, str]]) -> dict[st
         "duplicate_effects": duplicates,
         "effects_without_ledger_outcome": sum(gap[0] for gap in ledger_gaps.values()),
         "ledger_outcomes_without_effect": sum(gap[1] for gap in ledger_gaps.values()),
+        "ledger_outcomes_without_event": unrecorded,
         "runs_recovered": sum(1 for value in runs.values() if (value[2] or 0) > 1),
         "violations": violations,
     }

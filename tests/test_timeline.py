@@ -77,6 +77,19 @@ async def test_no_event_is_written_twice_after_a_sigkill(start_worker: Callable[
     assert duplicates == (0,)
 
 
+async def test_secrets_never_reach_events_or_checkpoints(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str, worker_env: dict) -> None:
+    run = await wait_for_run(api, (await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})).json()["run_id"])
+    secret = worker_env["OPENAI_API_KEY"]
+
+    leaks = await (await db.execute(
+        """SELECT (SELECT count(*) FROM keel.events WHERE payload::text LIKE %(s)s),
+                  (SELECT count(*) FROM dbos.operation_outputs WHERE output LIKE %(s)s OR error LIKE %(s)s),
+                  (SELECT count(*) FROM dbos.workflow_input WHERE inputs LIKE %(s)s)""", {"s": f"%{secret}%"})).fetchone()
+
+    assert run["status"] == "succeeded"
+    assert leaks == (0, 0, 0)
+
+
 async def test_the_readme_sql_examples_run_as_written(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
     run = await wait_for_run(api, (await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})).json()["run_id"])
     blocks = re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
