@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     """Seconds a circuit stays open before one probe call is let through."""
     db_pool_size: int = Field(10, alias="KEEL_DB_POOL_SIZE", ge=2)
     """Connections for the ledger and events; a tool call holds one while it runs."""
+    max_body_bytes: int = Field(1_048_576, alias="KEEL_MAX_BODY_BYTES", ge=1024)
+    """Larger request bodies are refused with 413."""
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
 
     host: str = Field("127.0.0.1", alias="KEEL_HOST")

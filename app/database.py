@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from dbos import DBOS
 from psycopg import sql
 from sqlalchemy.engine import make_url
@@ -89,6 +90,11 @@ def migrate(url: str) -> None:
     DBOS goes first: Keel's views join its tables."""
     DBOS.migrate(url)
     command.upgrade(alembic_config(url), "head")
+
+
+def migration_head() -> str | None:
+    """The newest revision in `migrations/`: what a ready database has applied."""
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
 def alembic_config(url: str) -> Config:

@@ -5,6 +5,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import sandbox, scripted_model
 from app.config import Settings, get_settings
-from app.database import database_url, migrate, psycopg_conninfo, redact
+from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
 from app.demo import billing
 from app.routers import approvals, doctor, runs
 from steps import breaker, db, failpoints, llm
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Keel", version="0.1.0", lifespan=keel_lifespan,
                   description="Durable execution for AI agents, native to PostgreSQL.")
     app.state.settings = settings or get_settings()
+    app.state.migration_head = migration_head()
     app.include_router(runs.router)
     app.include_router(approvals.router)
     app.include_router(doctor.router)
@@ -111,7 +113,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
+        """The process is up."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """The database answers and has Keel's latest migration: this worker can take runs."""
+        async with db.pool().connection() as conn:
+            applied = (await (await conn.execute("SELECT version_num FROM keel.alembic_version")).fetchone() or [None])[0]
+        head = app.state.migration_head
+        if applied != head:
+            return JSONResponse({"error": {"code": "not_ready", "message": f"migration {applied} applied, {head} expected", "details": None}},
+                                status_code=503)
+        return JSONResponse({"status": "ready", "migration": applied})
+
+    @app.middleware("http")
+    async def limit_body_size(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > app.state.settings.max_body_bytes:
+            return JSONResponse({"error": {"code": "too_large", "message": f"the body exceeds {app.state.settings.max_body_bytes} bytes",
+                                           "details": None}}, status_code=413)
+        return await call_next(request)
 
     add_error_handlers(app)
     return app

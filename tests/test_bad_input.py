@@ -97,3 +97,19 @@ async def test_final_answer_must_match_the_output_type(api: httpx.AsyncClient, m
     assert run["status"] == "succeeded"
     assert run["turns"] == 7
     assert run["output"]["customer_id"] == customer
+
+
+async def test_a_body_over_the_limit_is_413(api: httpx.AsyncClient, db: psycopg.AsyncConnection) -> None:
+    before = await count_runs(db)
+
+    response = await api.post("/v1/runs", json={"agent": "probe", "input": "say " + "x" * 2_000_000})
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert await count_runs(db) == before
+
+
+async def test_ready_when_the_database_has_the_latest_migration(api: httpx.AsyncClient) -> None:
+    response = await api.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"
