@@ -24,6 +24,7 @@ from app.routers import approvals, doctor, runs
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
+from workflows.approvals import redeliver_decisions
 from workflows.workers import beat, take_over_dead_workers
 
 log = logging.getLogger("keel")
@@ -77,12 +78,14 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def heartbeats(settings: Settings) -> None:
-    """Tell `keel.workers` this executor is alive, and take over the runs of workers that are not."""
+    """Tell `keel.workers` this executor is alive, take over the runs of workers that are not, and
+    deliver decisions whose messages were lost."""
     while True:
         try:
             await beat(settings.executor_id, settings.app_version)
             # Later than `keel doctor` calls a worker gone: a supervisor restarting it under its own ID is cheaper.
             await take_over_dead_workers(settings.executor_id, stale_after=6 * settings.heartbeat_interval)
+            await redeliver_decisions(grace=2 * settings.heartbeat_interval)
         except Exception:  # a missed beat is not worth a crash; the next one may go through
             log.exception("heartbeat failed")
         await asyncio.sleep(settings.heartbeat_interval)

@@ -84,6 +84,20 @@ async def record_decision(approval_id: str, decision: str, decided_by: str, comm
     return row
 
 
+async def undelivered_decisions(grace: float) -> list[dict[str, Any]]:
+    """Decisions older than `grace` seconds whose run still waits without having settled them: the
+    process that recorded one may have died before its message went out."""
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        return await (await cursor.execute(
+            """SELECT a.approval_id, a.run_id, a.status FROM keel.approvals a
+               JOIN dbos.workflow_status s ON s.workflow_uuid = a.run_id AND s.status IN ('PENDING', 'ENQUEUED')
+               WHERE a.status IN ('approved', 'rejected')
+                 AND a.decided_at BETWEEN now() - interval '1 day' AND now() - make_interval(secs => %s)
+                 AND NOT EXISTS (SELECT 1 FROM keel.events e WHERE e.run_id = a.run_id AND e.kind = 'approval_decided'
+                                 AND e.payload ->> 'approval_id' = a.approval_id)""", (grace,))).fetchall()
+
+
 async def get_approval(approval_id: str) -> dict[str, Any]:
     async with db.pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)

@@ -153,3 +153,20 @@ async def test_a_decision_made_while_the_worker_is_down_is_applied_when_it_retur
     assert decided.status_code == 200
     assert run["status"] == "succeeded"
     assert await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer) == 1
+
+
+async def test_a_decision_recorded_by_a_process_that_died_before_waking_the_run_is_delivered(
+    start_worker: Callable[..., Worker], db: psycopg.AsyncConnection, customer: str
+) -> None:
+    # Found by the chaos harness: the approver's worker was killed between recording and sending.
+    worker = start_worker("redeliver", KEEL_HEARTBEAT_INTERVAL="0.5")
+    async with httpx.AsyncClient(base_url=worker.url) as api:
+        run_id = await start(api, "probe", f'call transfer with {{"customer_id": "{customer}", "amount_cents": 11}}')
+        approval_id = (await wait_for_approval(api, run_id))["approval_id"]
+        await db.execute("UPDATE keel.approvals SET status = 'approved', decided_by = 'lost', decided_at = now() WHERE approval_id = %s",
+                         (approval_id,))  # recorded, and no message sent
+
+        run = await wait_for_run(api, run_id)
+
+    assert run["status"] == "succeeded"
+    assert await fetch_value(db, "SELECT count(*) FROM dbos.notifications WHERE destination_uuid = %s", run_id) == 1

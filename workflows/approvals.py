@@ -1,14 +1,18 @@
 """Human approval as a durable wait: the run sleeps in `DBOS.recv_async`, holding no thread,
-until a decision arrives or its deadline (recorded, so it survives restarts) passes."""
+until a decision arrives or its deadline (recorded, so it survives restarts) passes.
+
+A decision is recorded in `keel.approvals` first, then a message wakes the run. If the deciding
+process dies in between, the next heartbeat of any worker notices and sends the message
+(`redeliver_decisions`); the chaos harness found this window."""
 
 from typing import Any
 
 from dbos import DBOS
 
-from steps.approvals import get_approval, list_approvals, record_decision, request_approval_step, settle_approval_step
+from steps.approvals import get_approval, list_approvals, record_decision, request_approval_step, settle_approval_step, undelivered_decisions
 from steps.tools import Tool
 
-__all__ = ["await_approval", "decide", "get_approval", "list_approvals"]
+__all__ = ["await_approval", "decide", "get_approval", "list_approvals", "redeliver_decisions"]
 
 
 async def await_approval(tool: Tool, arguments: dict[str, Any], tool_call_id: str) -> dict[str, Any]:
@@ -27,6 +31,19 @@ async def await_approval(tool: Tool, arguments: dict[str, Any], tool_call_id: st
 async def decide(approval_id: str, decision: str, *, decided_by: str, comment: str | None = None) -> dict[str, Any]:
     """Record a decision and wake the run. Idempotent: the same decision again changes nothing."""
     approval = await record_decision(approval_id, decision, decided_by, comment)
-    # Sent again on a repeated decision too (deduplicated by its key), in case the first sender died.
-    await DBOS.send_async(approval["run_id"], approval["status"], topic=approval_id, idempotency_key=f"decision:{approval_id}")
+    await wake(approval["run_id"], approval_id, approval["status"])
     return approval
+
+
+async def redeliver_decisions(grace: float) -> int:
+    """Wake runs whose decision was recorded by a process that died before it could wake them.
+    Workers call this with their heartbeat; a message already sent is not sent twice."""
+    undelivered = await undelivered_decisions(grace)
+    for decision in undelivered:
+        await wake(decision["run_id"], decision["approval_id"], decision["status"])
+    return len(undelivered)
+
+
+async def wake(run_id: str, approval_id: str, status: str) -> None:
+    # One key per approval: a repeated or redelivered decision is one message.
+    await DBOS.send_async(run_id, status, topic=approval_id, idempotency_key=f"decision:{approval_id}")
