@@ -26,7 +26,7 @@ class BreakerSettings:
 _settings = BreakerSettings()
 
 ADMIT = """
-SELECT state,
+SELECT state, failures,
        extract(epoch FROM open_until - now()) AS open_for,
        state = 'half_open' AND probe_started_at < now() - make_interval(secs => %(probe)s) AS probe_stale
 FROM keel.breakers WHERE dependency = %(dep)s
@@ -63,17 +63,18 @@ def configure(settings: BreakerSettings) -> None:
     _settings = settings
 
 
-async def admit(dependency: str) -> str | None:
-    """Let a call to `dependency` go out, or raise `CircuitOpen`. Returns "half_open" for a probe."""
+async def admit(dependency: str) -> str:
+    """Let a call to `dependency` go out, or raise `CircuitOpen`. Returns the state it goes out in:
+    "clean" (closed, no recent failure), "closed" (closed, with failures), or "half_open" (a probe)."""
     params = {"dep": dependency, "probe": _settings.probe_timeout}
     async with db.pool().connection() as conn:
         row = await (await conn.execute(ADMIT, params)).fetchone()
         if row is None:
             await conn.execute(CREATE, params)
-            return None
-        state, open_for, probe_stale = row
+            return "clean"
+        state, failures, open_for, probe_stale = row
         if state == "closed":
-            return None
+            return "clean" if failures == 0 else "closed"
         if state == "open" and open_for is not None and open_for > 0:
             raise CircuitOpen(dependency, float(open_for))
         if state == "open" or probe_stale:
@@ -98,13 +99,15 @@ async def record(dependency: str, ok: bool) -> str | None:
 @asynccontextmanager
 async def guard(dependency: str, on_change: Callable[[str], Awaitable[None]]) -> AsyncIterator[None]:
     """Run one call to `dependency` under its breaker; `on_change(state)` hears of each transition."""
-    if state := await admit(dependency):
-        await on_change(state)
+    admitted = await admit(dependency)
+    if admitted == "half_open":
+        await on_change(admitted)
     try:
         yield
     except Exception as exc:
         if classify(exc).kind == "transient" and (state := await record(dependency, False)):
             await on_change(state)
         raise
-    if state := await record(dependency, True):
+    # A success on a clean circuit changes nothing: no write on the common path.
+    if admitted != "clean" and (state := await record(dependency, True)):
         await on_change(state)

@@ -50,9 +50,6 @@ async def add_fault(conn: AsyncConnection, fault: FaultCreate) -> int:
 class DroppedResponse(Response):
     """Headers and half a body, then the connection closes: the effect committed, the reply is lost."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
