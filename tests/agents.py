@@ -139,5 +139,5 @@ billing_in_a_hurry = Agent(
     instructions=billing.instructions,
     tools=list(billing.tools.values()),
     output_type=Resolution,
-    max_seconds=1.0,
+    max_seconds=3.0,
 )

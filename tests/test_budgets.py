@@ -45,7 +45,7 @@ async def test_totals_are_the_same_after_a_crash(start_worker: Callable[..., Wor
 
 
 async def test_a_wall_clock_budget_refuses_the_next_call(api: httpx.AsyncClient, model: httpx.AsyncClient, customer: str) -> None:
-    await model.post("/faults", json={"kind": "delay", "seconds": 1.2, "match": customer, "after": 1})
+    await model.post("/faults", json={"kind": "delay", "seconds": 3.5, "match": customer, "after": 1})
 
     run = await wait_for_run(api, await start(api, "billing-in-a-hurry", f"Upgrade customer {customer} to the pro plan"))
 
