@@ -20,7 +20,7 @@ from app import sandbox, scripted_model
 from app.config import Settings, get_settings
 from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
 from app.demo import billing
-from app.routers import approvals, doctor, runs
+from app.routers import approvals, doctor, metrics, runs
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(approvals.router)
     app.include_router(doctor.router)
+    app.include_router(metrics.router)
     app.include_router(sandbox.router, prefix="/sandbox")
     if app.state.settings.offline:
         app.mount("/scripted", scripted_model.create_app())
