@@ -42,18 +42,24 @@ async def start_run(agent: str, input: str, run_id: str | None = None) -> dict[s
         raise UserError(f"run ID must match {RUN_ID.pattern}")
     with SetWorkflowID(run_id):
         await DBOS.start_workflow_async(agent_run, {"agent": agent, "input": input})
-    run = await get_run(run_id)
+    run = await run_row(run_id)
     if (run["agent"], run["input"]) != (agent, input):
         raise IdempotencyConflict(f"run {run_id} already exists with a different agent or input")
     return run
 
 
-async def get_run(run_id: str) -> dict[str, Any]:
+async def run_row(run_id: str) -> dict[str, Any]:
+    """The run's row of `keel.runs`, without its approval and compensations (one query)."""
     async with db.pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         row = await (await cursor.execute(f"SELECT {COLUMNS} FROM keel.runs WHERE run_id = %s", (run_id,))).fetchone()
     if row is None:
         raise RunNotFound(f"no run {run_id!r}")
+    return row
+
+
+async def get_run(run_id: str) -> dict[str, Any]:
+    row = await run_row(run_id)
     row["pending_approval"] = await get_approval(row["pending_approval_id"]) if row["pending_approval_id"] else None
     row["compensations"] = await list_compensations(run_id)
     return row
