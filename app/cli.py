@@ -1,16 +1,21 @@
 """`keel`: serve, migrate, and start or inspect runs through the service's HTTP API."""
 
+import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import httpx
+import psycopg
 
-from app.config import get_settings
+from app import auth
+from app.config import Settings, get_settings
 
+T = TypeVar("T")
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 
 
@@ -59,6 +64,53 @@ def stop_database() -> None:
 
     stop_embedded_postgres(get_settings().data_dir)
     click.echo("stopped")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (directly in the database: this is how the first admin key is made)."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["submit", "approve", "admin"]), required=True)
+@click.option("--name", required=True, help="Who or what uses the key; recorded as the decider of approvals.")
+def create_key_command(role: str, name: str) -> None:
+    """Create a key and print it. It is shown this once: Keel stores only its digest."""
+    row, secret = with_database(lambda conn: auth.create_key(conn, name, role))  # type: ignore[arg-type]
+    click.echo(f"created {row['key_id']} ({row['role']}) for {row['name']}; the key, shown once:", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+def list_keys_command() -> None:
+    """Key IDs, names and roles (never the keys)."""
+    for row in with_database(auth.list_keys):
+        revoked = f"  revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else ""
+        click.echo(f"{row['key_id']}  {row['role']:<8} {row['name']}  created {row['created_at']:%Y-%m-%d %H:%M}{revoked}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def revoke_key_command(key_id: str) -> None:
+    """Revoke KEY_ID: the next request with it gets 401."""
+    row = with_database(lambda conn: auth.revoke_key(conn, key_id))
+    if row is None:
+        raise click.ClickException(f"no key {key_id}")
+    click.echo(f"revoked {row['key_id']} ({row['name']})")
+
+
+def with_database(action: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+    """Run `action` on a connection to Keel's database (migrated first, so a new install works)."""
+    from app.database import database_url, migrate, psycopg_conninfo
+
+    url = database_url(get_settings())
+    migrate(url)
+
+    async def connected() -> T:
+        async with await psycopg.AsyncConnection.connect(psycopg_conninfo(url), autocommit=True) as conn:
+            return await action(conn)
+
+    return asyncio.run(connected())
 
 
 @main.command()
@@ -192,8 +244,8 @@ def approvals(status_filter: str) -> None:
 @main.command()
 @click.argument("approval_id")
 @click.option("--comment", default=None)
-@click.option("--by", "decided_by", default="cli", show_default=True, help="Who decides.")
-def approve(approval_id: str, comment: str | None, decided_by: str) -> None:
+@click.option("--by", "decided_by", default=None, help="Who decides, when the API key is shared (default: the key's name).")
+def approve(approval_id: str, comment: str | None, decided_by: str | None) -> None:
     """Approve a waiting tool call: the run goes on."""
     decide_command(approval_id, "approve", comment, decided_by)
 
@@ -201,13 +253,13 @@ def approve(approval_id: str, comment: str | None, decided_by: str) -> None:
 @main.command()
 @click.argument("approval_id")
 @click.option("--comment", default=None)
-@click.option("--by", "decided_by", default="cli", show_default=True, help="Who decides.")
-def reject(approval_id: str, comment: str | None, decided_by: str) -> None:
+@click.option("--by", "decided_by", default=None, help="Who decides, when the API key is shared (default: the key's name).")
+def reject(approval_id: str, comment: str | None, decided_by: str | None) -> None:
     """Reject a waiting tool call."""
     decide_command(approval_id, "reject", comment, decided_by)
 
 
-def decide_command(approval_id: str, decision: str, comment: str | None, decided_by: str) -> None:
+def decide_command(approval_id: str, decision: str, comment: str | None, decided_by: str | None) -> None:
     body = {"decision": decision, "comment": comment, "decided_by": decided_by}
     item = request("POST", f"/v1/approvals/{approval_id}", json=body)
     click.echo(f"{item['approval_id']}: {item['status']} by {item['decided_by']}")
@@ -235,14 +287,25 @@ def wait_for(run_id: str, interval: float = 0.5) -> dict[str, Any]:
         time.sleep(interval)
 
 
+def auth_header(settings: Settings) -> dict[str, str]:
+    """`KEEL_API_KEY`, else the key a local `keel serve` wrote for this data directory."""
+    if settings.api_key:
+        return {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
+    if settings.local_key_path.exists():
+        return {"Authorization": f"Bearer {settings.local_key_path.read_text().strip()}"}
+    return {}
+
+
 def show(item: dict[str, Any]) -> None:
     click.echo(json.dumps(item, indent=2))
 
 
 def request(method: str, path: str, **kwargs: Any) -> Any:
-    base = get_settings().base_url
+    settings = get_settings()
+    base = settings.base_url
+    headers = {**kwargs.pop("headers", {}), **auth_header(settings)}
     try:
-        response = httpx.request(method, f"{base}{path}", timeout=30, **kwargs)
+        response = httpx.request(method, f"{base}{path}", timeout=30, headers=headers, **kwargs)
     except httpx.TransportError as exc:
         raise click.ClickException(f"cannot reach Keel at {base} ({exc}); is `keel serve` running?") from None
     if response.is_error:

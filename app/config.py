@@ -3,6 +3,7 @@
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     """Larger request bodies are refused with 413."""
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
 
+    auth: Literal["keys", "off"] = Field("keys", alias="KEEL_AUTH")
+    """`keys`: every `/v1` request needs an API key. `off`: none does (local development only)."""
+    api_key: SecretStr | None = Field(None, alias="KEEL_API_KEY")
+    """The key the CLI sends; absent: the local key `keel serve` wrote under `data_dir`."""
+
     host: str = Field("127.0.0.1", alias="KEEL_HOST")
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
     sandbox_url: str | None = Field(None, alias="KEEL_SANDBOX_URL")
@@ -50,6 +56,10 @@ class Settings(BaseSettings):
     def offline(self) -> bool:
         """No model endpoint configured: use the scripted model this service mounts."""
         return self.openai_api_key is None and self.openai_base_url is None
+
+    @property
+    def local_key_path(self) -> Path:
+        return self.data_dir / "api-key"
 
     @property
     def base_url(self) -> str:

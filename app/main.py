@@ -17,10 +17,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import sandbox, scripted_model
+from app.auth import ensure_local_key
 from app.config import Settings, get_settings
 from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
 from app.demo import billing
-from app.routers import approvals, doctor, metrics, runs
+from app.routers import approvals, doctor, keys, metrics, runs
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
@@ -64,7 +65,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     DBOS(config=dbos_config(settings, url))
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
     heartbeat = asyncio.create_task(heartbeats(settings))
-    announce(settings, url)
+    announce(settings, url, await local_key(settings))
     try:
         yield
     finally:
@@ -91,14 +92,28 @@ async def heartbeats(settings: Settings) -> None:
         await asyncio.sleep(settings.heartbeat_interval)
 
 
-def announce(settings: Settings, url: str) -> None:
+async def local_key(settings: Settings) -> str | None:
+    """On a local install (embedded database) with keys on: the admin key to print, kept for the CLI."""
+    if settings.auth == "off" or settings.database_url:
+        return None
+    async with db.pool().connection() as conn:
+        return await ensure_local_key(conn, settings.local_key_path)
+
+
+def announce(settings: Settings, url: str, key: str | None) -> None:
     model = "the offline scripted model" if settings.offline else f"{settings.model_name} at {settings.model_base_url or 'OpenAI'}"
+    if settings.auth == "off":
+        access, header = "API keys: OFF (KEEL_AUTH=off): anyone who can reach this port is an admin", ""
+    elif key:
+        access, header = f"admin API key (also in {settings.local_key_path}, where the CLI finds it): {key}", f" -H 'Authorization: Bearer {key}'"
+    else:
+        access, header = "API keys: required; create one with `keel keys create --role admin --name you`", " -H \"Authorization: Bearer $KEEL_API_KEY\""
     log.warning(
-        "Keel is running at %s (executor %s, version %s)\n  database: %s\n  model: %s\n  try it:\n"
-        "    curl -s -X POST %s/v1/runs -H 'Content-Type: application/json' -d '{\"agent\": \"billing\", \"input\": \"%s\"}'\n"
-        "    curl -s %s/v1/runs",
-        settings.base_url, settings.executor_id, settings.app_version, redact(url), model,
-        settings.base_url, DEMO_INPUT, settings.base_url,
+        "Keel is running at %s (executor %s, version %s)\n  database: %s\n  model: %s\n  %s\n  console: %s/console\n  try it:\n"
+        "    curl -s -X POST %s/v1/runs%s -H 'Content-Type: application/json' -d '{\"agent\": \"billing\", \"input\": \"%s\"}'\n"
+        "    curl -s %s/v1/runs%s",
+        settings.base_url, settings.executor_id, settings.app_version, redact(url), model, access, settings.base_url,
+        settings.base_url, header, DEMO_INPUT, settings.base_url, header,
     )
 
 
@@ -110,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(approvals.router)
     app.include_router(doctor.router)
+    app.include_router(keys.router)
     app.include_router(metrics.router)
     app.include_router(sandbox.router, prefix="/sandbox")
     if app.state.settings.offline:
@@ -143,6 +159,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+              409: "conflict", 413: "too_large", 429: "too_many_requests"}
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """One error shape for every refusal: `{"error": {"code", "message", "details"}}`."""
 
@@ -156,7 +176,9 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, "http_error", str(exc.detail))
+        response = error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)

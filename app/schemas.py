@@ -45,7 +45,7 @@ class ApprovalDecision(BaseModel):
 
     decision: Literal["approve", "reject"]
     comment: str | None = Field(None, max_length=2000)
-    decided_by: str = Field("anonymous", min_length=1, max_length=200, description="Who decides (until API keys exist)")
+    decided_by: str | None = Field(None, min_length=1, max_length=200, description="Who decides, when the key is shared (a console's)")
 
 
 class CompensationView(BaseModel):

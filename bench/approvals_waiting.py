@@ -82,12 +82,12 @@ async def main(runs: int, concurrency: int) -> None:
     logs = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     model, model_url = start_scripted_model(logs / "model.log")
     env = {**os.environ, "DATABASE_URL": url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "bench",
-           "KEEL_AGENT_MODULES": "bench.agents", "KEEL_EXECUTOR_ID": "bench", "PYTHONPATH": str(ROOT)}
+           "KEEL_AGENT_MODULES": "bench.agents", "KEEL_EXECUTOR_ID": "bench", "KEEL_AUTH": "off", "PYTHONPATH": str(ROOT)}
     worker = Worker(env=env, log=logs / "worker.log").start()
     try:
         process = psutil.Process(worker.process.pid)
         idle = sample(process, 5)
-        async with httpx.AsyncClient(base_url=worker.url, timeout=60) as client:
+        async with worker.client(timeout=60) as client:
             started = time.monotonic()
             await submit(client, runs, concurrency)
             print(f"submitted {runs} runs in {time.monotonic() - started:.1f}s; waiting for all to ask for approval")

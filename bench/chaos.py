@@ -57,7 +57,7 @@ class Chaos:
         """Send to some live worker; None if none answered (killed, or the database is restarting)."""
         for worker in self.rng.sample(self.live(), len(self.live())):
             try:
-                async with httpx.AsyncClient(base_url=worker.url, timeout=10) as client:
+                async with worker.client(timeout=10) as client:
                     response = await client.request(method, path, **kwargs)
                 if response.status_code < 500:
                     return response
@@ -128,7 +128,7 @@ async def run(params: Params) -> int:
         conn.execute("INSERT INTO sandbox.faults (service, kind, remaining) VALUES ('payments', 'drop_response', %s)", (params.lost_responses,))
     model, model_url = start_scripted_model(data_dir / "model.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OPENAI_"))}
-    env.update({"DATABASE_URL": chaos.url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "chaos", "PYTHONPATH": str(ROOT)})
+    env.update({"DATABASE_URL": chaos.url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "chaos", "KEEL_AUTH": "off", "PYTHONPATH": str(ROOT)})
     chaos.workers = [Worker(env={**env, "KEEL_EXECUTOR_ID": f"chaos-{i}"}, log=data_dir / f"worker-{i}.log").start()
                      for i in range(params.workers)]
     started = time.monotonic()

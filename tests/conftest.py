@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
+from app.auth import ROLES, create_key
 from app.database import migrate, psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
 from steps import db as steps_db
 from tests.processes import ROOT, Worker, start_scripted_model, stop
@@ -58,7 +59,18 @@ def model_url(logs: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def worker_env(database_url: str, model_url: str) -> dict[str, str]:
+def api_keys(database_url: str) -> dict[str, str]:
+    """One key per role, made in the database as `keel keys create` makes them."""
+
+    async def create_all() -> dict[str, str]:
+        async with await psycopg.AsyncConnection.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
+            return {role: (await create_key(conn, f"test-{role}", role))[1] for role in ROLES}
+
+    return asyncio.run(create_all())
+
+
+@pytest.fixture(scope="session")
+def worker_env(database_url: str, model_url: str, api_keys: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OPENAI_"))}
     return {
         **env,
@@ -67,6 +79,7 @@ def worker_env(database_url: str, model_url: str) -> dict[str, str]:
         "OPENAI_API_KEY": "test-key",
         "KEEL_AGENT_MODULES": "app.demo.billing,tests.agents",
         "PYTHONPATH": str(ROOT),
+        "KEEL_API_KEY": api_keys["admin"],  # what the CLI and `Worker.client()` send
     }
 
 
@@ -98,7 +111,7 @@ def service(worker_env: dict[str, str], logs: Path) -> Iterator[Worker]:
 
 @pytest.fixture
 async def api(service: Worker) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+    async with service.client(timeout=30) as client:
         yield client
 
 
@@ -148,6 +161,18 @@ async def wait_for_run(client: httpx.AsyncClient, run_id: str, timeout: float = 
             return response.json()
         await asyncio.sleep(0.1)
     raise AssertionError(f"run {run_id} did not finish in {timeout}s: {response.text}")
+
+
+async def wait_for_approval(api: httpx.AsyncClient, run_id: str, timeout: float = 30) -> dict:
+    """The run's pending approval, once it waits for one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = (await api.get(f"/v1/runs/{run_id}")).json()
+        if run["status"] == "awaiting_approval":
+            return run["pending_approval"]
+        assert run["status"] in ("queued", "running"), run
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} never waited for approval")
 
 
 async def wait_for_row(db: psycopg.AsyncConnection, query: str, *params: Any, timeout: float = 30) -> None:

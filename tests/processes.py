@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,6 +49,17 @@ class Worker:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The API key to call it with: `KEEL_API_KEY`, else the local key it wrote under its data folder."""
+        key = self.env.get("KEEL_API_KEY")
+        if key is None and (local := Path(self.env.get("KEEL_DATA_DIR", ROOT / ".keel")) / "api-key").exists():
+            key = local.read_text().strip()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kwargs)
 
     def start(self) -> "Worker":
         env = {**self.env, "KEEL_PORT": str(self.port)}

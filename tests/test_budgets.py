@@ -32,7 +32,7 @@ async def test_a_spent_token_budget_stops_the_run_and_rolls_it_back(api: httpx.A
 async def test_totals_are_the_same_after_a_crash(start_worker: Callable[..., Worker], api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
     twin = await wait_for_run(api, await start(api, "billing-on-a-budget", f"Upgrade customer {customer} to the pro plan"))
     worker = start_worker("budget-crash", KEEL_FAILPOINTS="llm.before_request:3")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = await start(own, "billing-on-a-budget", f"Upgrade customer {customer} to the pro plan")
     assert worker.wait_for_exit() == -9
     start_worker("budget-crash")

@@ -24,7 +24,7 @@ async def test_a_dependency_down_for_all_workers_opens_one_shared_circuit(
     text = f'call pay_guarded with {{"customer_id": "{customer}", "amount_cents": 100}}'
     run_ids = []
     for worker in workers * 2:
-        async with httpx.AsyncClient(base_url=worker.url) as client:
+        async with worker.client() as client:
             run_ids.append((await client.post("/v1/runs", json={"agent": "patient", "input": text})).json()["run_id"])
 
     deadline = time.monotonic() + 30

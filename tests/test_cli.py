@@ -49,7 +49,7 @@ def test_keel_migrate_is_repeatable(worker_env: dict[str, str]) -> None:
 
 def test_dbos_cli_lists_keel_runs(service: Worker, worker_env: dict[str, str]) -> None:
     env = {**worker_env, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    httpx.post(f"{service.url}/v1/runs", json={"agent": "probe", "input": "say listed"}, headers={"Idempotency-Key": "dbos-cli-listed"})
+    httpx.post(f"{service.url}/v1/runs", json={"agent": "probe", "input": "say listed"}, headers={**service.headers, "Idempotency-Key": "dbos-cli-listed"})
 
     listing = cli([str(BIN / "dbos"), "workflow", "get", "dbos-cli-listed"], env)
 

@@ -23,7 +23,7 @@ async def test_a_run_of_a_dead_worker_is_found_and_taken_over(
     start_worker: Callable[..., Worker], api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str
 ) -> None:
     worker = start_worker("doctor-gone")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = (await own.post("/v1/runs", json={"agent": "probe", "input": f'call transfer with {{"customer_id": "{customer}", "amount_cents": 5}}'})).json()["run_id"]
         await wait_for_status(own, run_id, "awaiting_approval")
     worker.kill()
@@ -45,7 +45,7 @@ async def test_a_run_of_a_dead_worker_is_found_and_taken_over(
 
 async def test_a_run_of_another_version_is_reported(start_worker: Callable[..., Worker], api: httpx.AsyncClient, customer: str) -> None:
     worker = start_worker("doctor-version", KEEL_APP_VERSION="keel-old")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = (await own.post("/v1/runs", json={"agent": "probe", "input": f'call transfer with {{"customer_id": "{customer}", "amount_cents": 6}}'})).json()["run_id"]
         await wait_for_status(own, run_id, "awaiting_approval")
     worker.stop()

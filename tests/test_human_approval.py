@@ -1,13 +1,11 @@
 """A tool call that needs a person waits, durably and at no cost, until approved, rejected or expired."""
 
-import asyncio
-import time
 from collections.abc import Callable
 
 import httpx
 import psycopg
 
-from tests.conftest import fetch_value, wait_for_run
+from tests.conftest import fetch_value, wait_for_approval, wait_for_run
 from tests.processes import Worker
 
 
@@ -15,17 +13,6 @@ async def start(api: httpx.AsyncClient, agent: str, text: str) -> str:
     response = await api.post("/v1/runs", json={"agent": agent, "input": text})
     assert response.status_code == 202, response.text
     return response.json()["run_id"]
-
-
-async def wait_for_approval(api: httpx.AsyncClient, run_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = (await api.get(f"/v1/runs/{run_id}")).json()
-        if run["status"] == "awaiting_approval":
-            return run["pending_approval"]
-        assert run["status"] in ("queued", "running"), run
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run_id} never waited for approval")
 
 
 async def test_enterprise_upgrade_waits_for_approval_then_charges_once(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
@@ -44,7 +31,7 @@ async def test_enterprise_upgrade_waits_for_approval_then_charges_once(api: http
     assert run["status"] == "succeeded" and run["output"]["plan"] == "enterprise"
     assert await fetch_value(db, "SELECT sum(amount_cents) FROM sandbox.payments WHERE customer_id = %s", customer) == 49900
     recorded = await (await db.execute("SELECT status, decided_by, comment FROM keel.approvals WHERE run_id = %s", (run_id,))).fetchone()
-    assert recorded == ("approved", "ops@example.com", "ok")
+    assert recorded == ("approved", "ops@example.com via test-admin", "ok")  # the person, and the key they used
     kinds = await (await db.execute("SELECT kind FROM keel.events WHERE run_id = %s AND kind LIKE 'approval%%' ORDER BY id", (run_id,))).fetchall()
     assert kinds == [("approval_requested",), ("approval_decided",)]
 
@@ -108,7 +95,7 @@ async def test_decisions_are_idempotent_and_conflicts_refused(api: httpx.AsyncCl
     await wait_for_run(api, run_id)
 
     assert first.status_code == again.status_code == 200
-    assert again.json()["decided_by"] == "ann"  # the first decision stands
+    assert again.json()["decided_by"] == "ann via test-admin"  # the first decision stands
     assert conflicting.status_code == 409 and "already approved" in conflicting.json()["error"]["message"]
     assert unknown.status_code == 404
     assert malformed.status_code == 422
@@ -116,7 +103,7 @@ async def test_decisions_are_idempotent_and_conflicts_refused(api: httpx.AsyncCl
 
 async def test_a_killed_worker_still_waits_with_the_original_deadline(start_worker: Callable[..., Worker], db: psycopg.AsyncConnection, customer: str) -> None:
     worker = start_worker("approval-crash")
-    async with httpx.AsyncClient(base_url=worker.url) as api:
+    async with worker.client() as api:
         run_id = await start(api, "probe", f'call transfer with {{"customer_id": "{customer}", "amount_cents": 900}}')
         approval_id = (await wait_for_approval(api, run_id))["approval_id"]
     deadline_query = "SELECT output FROM dbos.operation_outputs WHERE workflow_uuid = %s AND function_name = 'DBOS.sleep'"
@@ -125,7 +112,7 @@ async def test_a_killed_worker_still_waits_with_the_original_deadline(start_work
 
     worker.kill()
     worker = start_worker("approval-crash")
-    async with httpx.AsyncClient(base_url=worker.url) as api:
+    async with worker.client() as api:
         assert (await wait_for_approval(api, run_id))["approval_id"] == approval_id
         await api.post(f"/v1/approvals/{approval_id}", json={"decision": "approve"})
         run = await wait_for_run(api, run_id)
@@ -141,7 +128,7 @@ async def test_a_decision_made_while_the_worker_is_down_is_applied_when_it_retur
     start_worker: Callable[..., Worker], api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str
 ) -> None:
     worker = start_worker("approval-down")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = await start(own, "probe", f'call transfer with {{"customer_id": "{customer}", "amount_cents": 300}}')
         approval_id = (await wait_for_approval(own, run_id))["approval_id"]
     worker.kill()
@@ -160,7 +147,7 @@ async def test_a_decision_recorded_by_a_process_that_died_before_waking_the_run_
 ) -> None:
     # Found by the chaos harness: the approver's worker was killed between recording and sending.
     worker = start_worker("redeliver", KEEL_HEARTBEAT_INTERVAL="0.5")
-    async with httpx.AsyncClient(base_url=worker.url) as api:
+    async with worker.client() as api:
         run_id = await start(api, "probe", f'call transfer with {{"customer_id": "{customer}", "amount_cents": 11}}')
         approval_id = (await wait_for_approval(api, run_id))["approval_id"]
         await db.execute("UPDATE keel.approvals SET status = 'approved', decided_by = 'lost', decided_at = now() WHERE approval_id = %s",

@@ -47,7 +47,7 @@ async def test_a_worker_killed_during_a_durable_wait_resumes_at_the_same_deadlin
 ) -> None:
     await model.post("/faults", json={"kind": "status", "status": 503, "retry_after": 4, "match": "say wait for me"})
     worker = start_worker("park-crash")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = await start(own, "patient", "say wait for me")
     await wait_for_row(db, "SELECT 1 FROM dbos.operation_outputs WHERE workflow_uuid = %s AND function_name = 'DBOS.sleep'", run_id)
     deadline_query = "SELECT output::float FROM dbos.operation_outputs WHERE workflow_uuid = %s AND function_name = 'DBOS.sleep'"
@@ -55,7 +55,7 @@ async def test_a_worker_killed_during_a_durable_wait_resumes_at_the_same_deadlin
 
     worker.kill()
     worker = start_worker("park-crash")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run = await wait_for_run(own, run_id)
 
     assert run["status"] == "succeeded"

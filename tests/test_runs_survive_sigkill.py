@@ -11,7 +11,7 @@ from tests.processes import Worker
 
 
 async def start_upgrade(worker: Worker, customer: str) -> str:
-    async with httpx.AsyncClient(base_url=worker.url) as client:
+    async with worker.client() as client:
         response = await client.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})
     assert response.status_code == 202
     return response.json()["run_id"]
@@ -19,7 +19,7 @@ async def start_upgrade(worker: Worker, customer: str) -> str:
 
 async def finish_on_fresh_worker(start_worker: Callable[..., Worker], executor_id: str, run_id: str) -> dict:
     worker = start_worker(executor_id)
-    async with httpx.AsyncClient(base_url=worker.url) as client:
+    async with worker.client() as client:
         return await wait_for_run(client, run_id)
 
 

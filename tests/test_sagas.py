@@ -76,7 +76,7 @@ async def test_a_run_that_succeeded_is_never_compensated(api: httpx.AsyncClient,
 async def test_killed_between_two_compensations(start_worker: Callable[..., Worker], db, api, customer: str) -> None:
     await fail_at_update_plan(api, customer)
     worker = start_worker("saga-between", KEEL_FAILPOINTS="compensation.running:2")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = await start(own, f"Upgrade customer {customer} to the pro plan")
     assert worker.wait_for_exit() == -9
     assert await sandbox_state(db, customer) == (1, 1, "open", "basic")  # refunded, ticket not yet closed
@@ -94,7 +94,7 @@ async def test_killed_between_two_compensations(start_worker: Callable[..., Work
 async def test_killed_inside_a_compensation_after_its_effect_committed(start_worker: Callable[..., Worker], db, api, customer: str) -> None:
     await fail_at_update_plan(api, customer)
     worker = start_worker("saga-inside", KEEL_FAILPOINTS="tool.after_commit:undo_charge_customer")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = await start(own, f"Upgrade customer {customer} to the pro plan")
     assert worker.wait_for_exit() == -9
 

@@ -5,7 +5,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import httpx
 import psycopg
 
 from tests.conftest import fetch_value, wait_for_run
@@ -17,7 +16,7 @@ FAST_BEATS = {"KEEL_HEARTBEAT_INTERVAL": "0.5"}
 async def test_a_dead_workers_runs_are_finished_by_another(start_worker: Callable[..., Worker], db: psycopg.AsyncConnection, customer: str) -> None:
     doomed = start_worker("takeover-doomed", **FAST_BEATS)
     survivor = start_worker("takeover-survivor", **FAST_BEATS)
-    async with httpx.AsyncClient(base_url=doomed.url) as client:
+    async with doomed.client() as client:
         run_id = (await client.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the enterprise plan"})).json()["run_id"]
         deadline = time.monotonic() + 30
         while (await client.get(f"/v1/runs/{run_id}")).json()["status"] != "awaiting_approval":
@@ -25,7 +24,7 @@ async def test_a_dead_workers_runs_are_finished_by_another(start_worker: Callabl
             await asyncio.sleep(0.05)
     doomed.kill()
 
-    async with httpx.AsyncClient(base_url=survivor.url) as client:
+    async with survivor.client() as client:
         deadline = time.monotonic() + 30
         # The survivor claims the dead executor and requeues its runs; any live worker (the survivor,
         # or the suite's shared one) may then dequeue and finish them.

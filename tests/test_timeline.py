@@ -53,10 +53,10 @@ async def test_a_run_with_a_retry_an_approval_and_a_rollback_tells_its_whole_sto
     assert await kinds(db, run_id) == FULL_STORY
     assert [event["seq"] for event in timeline] == list(range(1, len(FULL_STORY) + 1))
     summaries = [event["summary"] for event in timeline]
-    assert "approved by ann" in summaries
+    assert "approved by ann via test-admin" in summaries
     assert any(s.startswith("failed (tool_failed)") for s in summaries)
     assert printed.returncode == 0, printed.stderr
-    assert re.search(r"approval_decided\s+approved by ann", printed.stdout)
+    assert re.search(r"approval_decided\s+approved by ann via test-admin", printed.stdout)
     assert "[compensate:1]" in printed.stdout
 
 
@@ -64,7 +64,7 @@ async def test_no_event_is_written_twice_after_a_sigkill(start_worker: Callable[
                                                           db: psycopg.AsyncConnection, customer: str) -> None:
     twin = await wait_for_run(api, (await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})).json()["run_id"])
     worker = start_worker("timeline-crash", KEEL_FAILPOINTS="tool.after_commit:update_plan")
-    async with httpx.AsyncClient(base_url=worker.url) as own:
+    async with worker.client() as own:
         run_id = (await own.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})).json()["run_id"]
     assert worker.wait_for_exit() == -9
     start_worker("timeline-crash")

@@ -4,8 +4,6 @@ model: the README's first command, on a machine with nothing installed."""
 import os
 from pathlib import Path
 
-import httpx
-
 from app.database import stop_embedded_postgres
 from tests.conftest import wait_for_run
 from tests.processes import ROOT, Worker
@@ -17,12 +15,12 @@ async def test_a_fresh_data_folder_serves_the_demo_and_keeps_its_runs(tmp_path: 
     worker = Worker(env=env, log=tmp_path / "worker.log")
     try:
         worker.start()
-        async with httpx.AsyncClient(base_url=worker.url) as api:
+        async with worker.client() as api:
             response = await api.post("/v1/runs", json={"agent": "billing", "input": "Upgrade customer C-42 to the pro plan"})
             run = await wait_for_run(api, response.json()["run_id"])
         worker.stop()
         worker.start()  # a restart finds the same database
-        async with httpx.AsyncClient(base_url=worker.url) as api:
+        async with worker.client() as api:
             again = (await api.get(f"/v1/runs/{run['run_id']}")).json()
     finally:
         worker.stop()

@@ -2,12 +2,13 @@
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
+from app.auth import Principal, authenticate, require
 from app.schemas import ApprovalDecision, ApprovalView
 from workflows import decide, get_approval, list_approvals
 
-router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
+router = APIRouter(prefix="/v1/approvals", tags=["approvals"], dependencies=[Depends(authenticate)])
 
 
 @router.get("", response_model=list[ApprovalView])
@@ -26,6 +27,13 @@ async def read_approval(approval_id: str) -> dict:
 
 
 @router.post("/{approval_id}", response_model=ApprovalView)
-async def decide_approval(approval_id: str, body: ApprovalDecision) -> dict:
-    """Approve or reject. The same decision again returns the recorded one; a different one is 409."""
-    return await decide(approval_id, body.decision, decided_by=body.decided_by, comment=body.comment)
+async def decide_approval(approval_id: str, body: ApprovalDecision, principal: Annotated[Principal, require("approve")]) -> dict:
+    """Approve or reject (needs an `approve` key). The same decision again returns the recorded one; a different one is 409.
+    The decider recorded is the key's name, with `decided_by` when given (`alice via ops-console`)."""
+    return await decide(approval_id, body.decision, decided_by=decider(principal, body.decided_by), comment=body.comment)
+
+
+def decider(principal: Principal, named: str | None) -> str:
+    if principal.key_id is None or named in (None, principal.name):
+        return named or principal.name
+    return f"{named} via {principal.name}"

@@ -2,12 +2,13 @@
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from app.auth import authenticate
 from workflows import diagnose
 
-router = APIRouter(prefix="/v1/doctor", tags=["operations"])
+router = APIRouter(prefix="/v1/doctor", tags=["operations"], dependencies=[Depends(authenticate)])
 
 
 class Finding(BaseModel):

@@ -5,20 +5,23 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 
+from app.auth import Principal, authenticate, check_owner, record_submitter, require
 from app.schemas import EventView, ReplayReport, RunCreate, RunFork, RunPage, RunStarted, RunView
 from workflows import cancel_run, fork_run, get_events, get_run, list_runs, replay_run, resume_run, retry_failed_compensations, start_run
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(authenticate)])
 RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
                     "compensation_failed", "cancelled"]
 
 
 @router.post("", status_code=202, response_model=RunStarted)
-async def create_run(body: RunCreate, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> RunStarted:
+async def create_run(body: RunCreate, principal: Annotated[Principal, require("submit")],
+                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> RunStarted:
     """Start a run. With `Idempotency-Key`, the key is the run ID: repeating the request returns the same run."""
     run = await start_run(body.agent, body.input, idempotency_key)
+    await record_submitter(run["run_id"], principal)
     return RunStarted(run_id=run["run_id"], status=run["status"])
 
 
@@ -34,9 +37,12 @@ async def read_events(run_id: str) -> list[dict]:
 
 
 @router.post("/{run_id}/fork", status_code=202, response_model=RunView)
-async def fork(run_id: str, body: RunFork) -> dict:
+async def fork(run_id: str, body: RunFork, principal: Annotated[Principal, require("submit")]) -> dict:
     """A new run that reuses this one's recorded outputs before `from_step` and runs live from there."""
-    return await fork_run(run_id, body.from_step, model=body.model, instructions=body.instructions)
+    await check_owner(run_id, principal)
+    forked = await fork_run(run_id, body.from_step, model=body.model, instructions=body.instructions)
+    await record_submitter(forked["run_id"], principal)
+    return forked
 
 
 @router.post("/{run_id}/replay", response_model=ReplayReport)
@@ -47,20 +53,23 @@ async def replay(run_id: str) -> dict:
 
 
 @router.post("/{run_id}/cancel", response_model=RunView)
-async def cancel(run_id: str) -> dict:
+async def cancel(run_id: str, principal: Annotated[Principal, require("submit")]) -> dict:
     """Stop the run and undo its effects, newest first. A finished run is 409."""
+    await check_owner(run_id, principal)
     return await cancel_run(run_id)
 
 
 @router.post("/{run_id}/resume", response_model=RunView)
-async def resume(run_id: str) -> dict:
+async def resume(run_id: str, principal: Annotated[Principal, require("submit")]) -> dict:
     """Hand a stopped run (dead-lettered, or on a worker that is gone) to any live worker."""
+    await check_owner(run_id, principal)
     return await resume_run(run_id)
 
 
 @router.post("/{run_id}/compensate", response_model=RunView)
-async def compensate(run_id: str) -> dict:
+async def compensate(run_id: str, principal: Annotated[Principal, require("submit")]) -> dict:
     """Retry the compensations that gave up (after fixing what made them fail)."""
+    await check_owner(run_id, principal)
     return await retry_failed_compensations(run_id)
 
 
