@@ -1,0 +1,155 @@
+"""The web console end to end: a person logs in, starts a run that needs approval, approves it in
+the inbox and watches the run page's live timeline reach success; in headless Chromium (Debian's
+`chromium`, driven by Playwright with `executable_path`: nothing is downloaded)."""
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import fetch_value, wait_for_approval
+from tests.processes import Worker
+
+# Chromium cannot reach the internet here: without these flags its background connections are refused.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+NO_CHROMIUM = "no Chromium found and it could not be installed: `apt-get install -y chromium` (Debian's package; .ci/run does it)"
+
+
+def find_chromium() -> str | None:
+    for candidate in (os.environ.get("KEEL_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The system Chromium; installed with apt-get where it is missing and we may (root, Debian)."""
+    path = find_chromium()
+    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300)
+            subprocess.run(install, env=env, capture_output=True, timeout=900)
+        path = find_chromium()
+    if path is None:
+        pytest.skip(NO_CHROMIUM)
+    return path
+
+
+@pytest.fixture
+async def browser(chromium: str, tmp_path: Path) -> AsyncIterator:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        context.set_default_timeout(30_000)
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def shows(page, locator, text: str, timeout: float = 60) -> None:
+    """TRANSITIONAL, until `/v1/runs/{id}/stream` exists: reload the server-rendered page until it shows `text`."""
+    from playwright.async_api import expect
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await expect(locator).to_have_text(text, timeout=2_000)
+            return
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await page.reload()
+
+
+async def test_log_in_start_a_run_approve_it_in_the_inbox_and_watch_it_succeed_live(
+    browser, service: Worker, api_keys: dict[str, str], db: psycopg.AsyncConnection, customer: str
+) -> None:
+    from playwright.async_api import expect
+
+    run_page = browser.pages[0] if browser.pages else await browser.new_page()
+
+    await run_page.goto(f"{service.url}/console")
+    await expect(run_page).to_have_url(re.compile(r"/console/login\?next="))
+    await run_page.get_by_label("API key").fill(api_keys["admin"])
+    await run_page.get_by_role("button", name="Log in").click()
+    await expect(run_page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+
+    start = run_page.get_by_role("region", name="Start a run")
+    await start.get_by_label("Agent").select_option("billing")
+    await start.get_by_label("Input").fill(f"Upgrade customer {customer} to the enterprise plan")
+    await start.get_by_role("button", name="Start").click()
+    await expect(run_page).to_have_url(re.compile(r"/console/runs/[0-9a-f]+$"))
+    run_id = unquote(run_page.url.rsplit("/", 1)[1])
+    await expect(run_page.get_by_role("heading", name=f"Run {run_id}")).to_be_visible()
+
+    # The run page stays open (the live timeline); the inbox is another tab.
+    await shows(run_page, run_page.locator("#run-status"), "awaiting_approval", timeout=30)
+    inbox = await browser.new_page()
+    await inbox.goto(f"{service.url}/console/approvals")
+    row = inbox.get_by_role("row").filter(has=inbox.get_by_role("link", name=run_id))
+    await expect(row).to_contain_text("charge_customer")
+    await expect(row).to_contain_text('"amount_cents": 49900')
+    await row.get_by_role("button", name="Approve").click()
+    await expect(inbox).to_have_url(f"{service.url}/console/approvals")
+    await expect(inbox.get_by_role("link", name=run_id)).to_have_count(0)
+
+    # No reload: the stream brings the rest of the timeline, then `end` and the final state.
+    await shows(run_page, run_page.locator("#run-status"), "succeeded")
+    timeline = run_page.locator("#timeline")
+    await expect(timeline.locator("tr.kind-approval_decided")).to_contain_text("approved by test-admin")
+    await expect(timeline.locator("tr.kind-tool_result").filter(has_text="charge_customer")).to_have_count(1)
+    await expect(timeline.locator("tr.kind-run_finished")).to_contain_text("succeeded")
+    await expect(run_page.locator("#run-output")).to_be_visible()
+    await expect(run_page.get_by_role("heading", name="Waiting for approval")).to_have_count(0)
+
+    assert await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer) == 1
+    assert await fetch_value(db, "SELECT status FROM keel.runs WHERE run_id = %s", run_id) == "succeeded"
+    assert await fetch_value(db, "SELECT decided_by FROM keel.approvals WHERE run_id = %s", run_id) == "test-admin"
+
+
+async def test_the_console_sends_strangers_to_the_login_form_and_refuses_a_submit_key_the_inbox(
+    service: Worker, api: httpx.AsyncClient, api_keys: dict[str, str], customer: str
+) -> None:
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as browser:
+        stranger = await browser.get("/console/runs/anything?x=1")
+        wrong = await browser.post("/console/login", data={"key": "keel_not-a-key", "next": "/console"})
+        login = await browser.post("/console/login", data={"key": api_keys["submit"], "next": "https://evil.example/"})
+        started = await browser.post("/console/runs", data={"agent": "billing", "input": f"Upgrade customer {customer} to the enterprise plan"})
+        run_id = started.headers["location"].rsplit("/", 1)[1]
+        waiting = await wait_for_approval(api, run_id)
+        run_page = await browser.get(f"/console/runs/{run_id}")
+        inbox = await browser.get("/console/approvals")
+        approving = await browser.post(f"/console/approvals/{waiting['approval_id']}", data={"decision": "approve"})
+        still = (await api.get(f"/v1/approvals/{waiting['approval_id']}")).json()
+        logout = await browser.get("/console/logout")
+        after = await browser.get("/console")
+    await api.post(f"/v1/runs/{run_id}/cancel")
+
+    assert stranger.status_code == 303 and stranger.headers["location"] == "/console/login?next=/console/runs/anything%3Fx%3D1"
+    assert wrong.status_code == 401 and "not valid" in wrong.text
+    assert login.status_code == 303 and login.headers["location"] == "/console"  # never off-site
+    cookie = login.headers["set-cookie"]
+    assert cookie.startswith(f"keel_key={api_keys['submit']};") and "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert started.status_code == 303 and started.headers["location"] == f"/console/runs/{run_id}"
+    assert run_page.status_code == 200 and "awaiting_approval" in run_page.text
+    assert "Deciding needs a key with role approve." in run_page.text and ">Approve</button>" not in run_page.text
+    assert inbox.status_code == 403 and "This needs a key with role approve" in inbox.text and "Traceback" not in inbox.text
+    assert approving.status_code == 403 and "<h1>Not allowed</h1>" in approving.text
+    assert still["status"] == "pending"
+    assert logout.status_code == 303 and 'keel_key=""' in logout.headers["set-cookie"]
+    assert after.status_code == 303 and after.headers["location"].startswith("/console/login")
