@@ -127,6 +127,7 @@ async def test_the_console_sends_strangers_to_the_login_form_and_refuses_a_submi
 ) -> None:
     async with httpx.AsyncClient(base_url=service.url, timeout=30) as browser:
         stranger = await browser.get("/console/runs/anything?x=1")
+        posting = await browser.post("/console/approvals/anything", data={"decision": "approve"})
         wrong = await browser.post("/console/login", data={"key": "keel_not-a-key", "next": "/console"})
         login = await browser.post("/console/login", data={"key": api_keys["submit"], "next": "https://evil.example/"})
         started = await browser.post("/console/runs", data={"agent": "billing", "input": f"Upgrade customer {customer} to the enterprise plan"})
@@ -141,6 +142,7 @@ async def test_the_console_sends_strangers_to_the_login_form_and_refuses_a_submi
     await api.post(f"/v1/runs/{run_id}/cancel")
 
     assert stranger.status_code == 303 and stranger.headers["location"] == "/console/login?next=/console/runs/anything%3Fx%3D1"
+    assert posting.status_code == 303 and posting.headers["location"] == "/console/login?next=/console"
     assert wrong.status_code == 401 and "not valid" in wrong.text
     assert login.status_code == 303 and login.headers["location"] == "/console"  # never off-site
     cookie = login.headers["set-cookie"]
@@ -153,3 +155,15 @@ async def test_the_console_sends_strangers_to_the_login_form_and_refuses_a_submi
     assert still["status"] == "pending"
     assert logout.status_code == 303 and 'keel_key=""' in logout.headers["set-cookie"]
     assert after.status_code == 303 and after.headers["location"].startswith("/console/login")
+
+
+async def test_with_keys_off_the_console_needs_no_login(start_worker) -> None:
+    worker = start_worker("console-auth-off", KEEL_AUTH="off")
+    async with httpx.AsyncClient(base_url=worker.url, timeout=30) as browser:
+        runs = await browser.get("/console")
+        login = await browser.get("/console/login?next=/console/approvals")
+        inbox = await browser.get("/console/approvals")
+
+    assert runs.status_code == 200 and "Start a run" in runs.text and "Log out" not in runs.text
+    assert login.status_code == 303 and login.headers["location"] == "/console/approvals"
+    assert inbox.status_code == 200

@@ -81,7 +81,7 @@ class ConsoleRoute(APIRoute):
                 return await handler(request)
             except (LoginRequired, HTTPException) as exc:
                 if isinstance(exc, LoginRequired) or exc.status_code == 401:
-                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "") if request.method == "GET" else "/console"
                     return RedirectResponse(f"/console/login?next={quote(target)}", status_code=303)
                 return problem(request, exc.status_code, "Not allowed" if exc.status_code == 403 else "Refused", str(exc.detail))
             except (RunNotFound, ApprovalNotFound) as exc:
