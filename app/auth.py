@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
@@ -92,13 +93,16 @@ def unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def authenticate(request: Request) -> Principal:
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer keel_...`")
+console_cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="The console's session (the same API key)")
+
+
+async def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                       cookie: Annotated[str | None, Depends(console_cookie)]) -> Principal:
     """The caller, from `Authorization: Bearer <key>` or the console's cookie."""
     if request.app.state.settings.auth == "off":
         return ANONYMOUS
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        secret = request.cookies.get(COOKIE, "")
+    secret = credentials.credentials if credentials else cookie
     if not secret:
         raise unauthorized("an API key is required: send `Authorization: Bearer <key>` (create one with `keel keys create`)")
     async with db.pool().connection() as conn:

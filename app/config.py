@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     model: str = Field("gpt-4.1-mini", alias="KEEL_MODEL")
     model_timeout: float = Field(60.0, alias="KEEL_MODEL_TIMEOUT", gt=0)
 
+    stream_tokens: bool = Field(True, alias="KEEL_STREAM_TOKENS")
+    """Send model output to the runs' live feeds (`/v1/runs/{id}/stream`) as it arrives."""
     model_prices: dict[str, tuple[float, float]] = Field(default_factory=dict, alias="KEEL_MODEL_PRICES")
     """JSON: model -> [USD per million input tokens, per million output tokens], for cost budgets."""
     breaker_threshold: int = Field(5, alias="KEEL_BREAKER_THRESHOLD", ge=1)

@@ -22,6 +22,7 @@ from app.config import Settings, get_settings
 from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
 from app.demo import billing
 from app.routers import approvals, doctor, keys, metrics, runs
+from app.schemas import errors
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
@@ -56,7 +57,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     db.configure(pool)
     sandbox.configure(sandbox_pool)
     model = AsyncOpenAI(base_url=settings.model_base_url, api_key=settings.model_api_key, max_retries=0, timeout=settings.model_timeout)
-    llm.configure(model, default_model=settings.model_name, prices=settings.model_prices)
+    llm.configure(model, default_model=settings.model_name, prices=settings.model_prices, stream_tokens=settings.stream_tokens)
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
     billing.configure(settings.sandbox_base_url)
@@ -137,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses=errors(503))
     async def readyz() -> JSONResponse:
         """The database answers and has Keel's latest migration: this worker can take runs."""
         async with db.pool().connection() as conn:

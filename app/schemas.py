@@ -6,6 +6,39 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["not_found"])
+    message: str
+    details: Any = Field(None, description="For `invalid_request`: the fields at fault")
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal has this shape."""
+
+    error: ErrorDetail
+
+
+ERROR_MEANINGS = {
+    400: "A malformed parameter (a cursor, say)",
+    401: "No API key, or one that is not valid or was revoked",
+    403: "The key's role does not allow this",
+    404: "No such run, approval or key",
+    409: "Conflicts with the current state (a reused idempotency key, a contradicting decision, a finished run)",
+    413: "The body is larger than `KEEL_MAX_BODY_BYTES`",
+    422: "The request is not valid (the fields at fault are in `details`), or names an unknown agent",
+    503: "The database is not reachable; try again shortly",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all with the one error shape."""
+    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+V1_ERRORS = errors(401, 403, 404, 409, 413, 422, 503)
+"""Every `/v1` router declares these: any `/v1` request can meet them (a 404 or 409 where the operation names something)."""
+
+
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,13 +132,3 @@ class ReplayReport(BaseModel):
 class RunPage(BaseModel):
     runs: list[RunView]
     next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page")
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

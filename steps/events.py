@@ -8,16 +8,9 @@ from typing import Any
 
 from dbos import DBOS
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
-from steps import db
+from steps import db, stream
 from steps.retry import OUTAGE_RETRIES
-
-INSERT = """
-INSERT INTO keel.events (run_id, step_id, kind, attempt, payload)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (run_id, step_id, kind, attempt) DO NOTHING
-"""
 
 
 async def record(
@@ -29,13 +22,12 @@ async def record(
     attempt: int = 0,
     conn: AsyncConnection | None = None,
 ) -> None:
-    """Append an event; with `conn`, inside that connection's current transaction."""
-    params = (run_id, step_id, kind, attempt, Jsonb(payload))
+    """Append an event (and its place in the run's live feed); with `conn`, inside that connection's current transaction."""
     if conn is not None:
-        await conn.execute(INSERT, params)
+        await stream.record_event(conn, run_id, step_id, kind, attempt, payload)
         return
     async with db.pool().connection() as own:
-        await own.execute(INSERT, params)
+        await stream.record_event(own, run_id, step_id, kind, attempt, payload)
 
 
 @DBOS.step(name="keel.event", **OUTAGE_RETRIES)

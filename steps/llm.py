@@ -9,9 +9,10 @@ from typing import Any
 
 from dbos import DBOS
 from openai import AsyncOpenAI
+from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion
 
-from steps import breaker, events, failpoints
+from steps import breaker, events, failpoints, stream
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, RetryPolicy, retrying
 
 # USD per million tokens (input, output); a model not listed costs 0. Override with configure(prices=).
@@ -30,15 +31,18 @@ class _Config:
     client: AsyncOpenAI | None = None
     default_model: str = "gpt-4.1-mini"
     prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    stream_tokens: bool = True
 
 
 _config = _Config()
 
 
 def configure(client: AsyncOpenAI | None, *, default_model: str | None = None,
-              prices: dict[str, tuple[float, float]] | None = None) -> None:
-    """Set the client, the model for agents that name none, and extra model prices."""
+              prices: dict[str, tuple[float, float]] | None = None, stream_tokens: bool = True) -> None:
+    """Set the client, the model for agents that name none, extra model prices, and whether model
+    output goes to the runs' live feeds as it arrives."""
     _config.client = client
+    _config.stream_tokens = stream_tokens
     _config.default_model = default_model or _config.default_model
     _config.prices = {**DEFAULT_PRICES, **(prices or {})}
 
@@ -88,8 +92,9 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
 
         async with breaker.guard(dependency, breaker_changed):
             started = time.monotonic()
-            completion = await client().chat.completions.create(
-                model=model, messages=request.messages, timeout=request.timeout, **({"tools": request.tools} if request.tools else {}))
+            completion = await streamed(TokenFeed(run_id, step_id, number) if _config.stream_tokens else None,
+                                        model=model, messages=request.messages, timeout=request.timeout,
+                                        **({"tools": request.tools} if request.tools else {}))
         return completion, time.monotonic() - started, number
 
     async def on_retry(number: int, failure: Failure, wait: float) -> None:
@@ -117,6 +122,46 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
     }
     await events.record(run_id, step_id, "llm_response", response)
     return {"ok": True, "message": assistant_message(choice.message.content, choice.message.tool_calls), "usage": response}
+
+
+async def streamed(feed: "TokenFeed | None", **create: Any) -> ChatCompletion:
+    """One completion, streamed: its text goes to the run's live feed as it arrives."""
+    state: ChatCompletionStreamState = ChatCompletionStreamState()
+    chunks = await client().chat.completions.create(stream=True, stream_options={"include_usage": True}, **create)
+    try:
+        async with chunks:
+            async for chunk in chunks:
+                state.handle_chunk(chunk)
+                if feed and chunk.choices and chunk.choices[0].delta.content:
+                    await feed.add(chunk.choices[0].delta.content)
+    finally:  # a broken stream's output is published too: readers see it, then the attempt's `retry` event
+        if feed:
+            await feed.flush()
+    return state.get_final_completion()
+
+
+@dataclass
+class TokenFeed:
+    """Model output for the live feed, in pieces of at most `interval` seconds (a row per token would
+    cost a write per token). A failed attempt's pieces stay; its `retry` event tells readers to drop them."""
+
+    run_id: str
+    step_id: int
+    attempt: int
+    interval: float = 0.1
+    pending: list[str] = field(default_factory=list)
+    flushed_at: float = field(default_factory=time.monotonic)
+
+    async def add(self, text: str) -> None:
+        self.pending.append(text)
+        if time.monotonic() - self.flushed_at >= self.interval:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pending:
+            await stream.publish_tokens(self.run_id, self.step_id, self.attempt, "".join(self.pending))
+            self.pending.clear()
+        self.flushed_at = time.monotonic()
 
 
 def assistant_message(content: str | None, tool_calls: list[Any] | None) -> dict[str, Any]:

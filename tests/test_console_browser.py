@@ -2,7 +2,6 @@
 the inbox and watches the run page's live timeline reach success; in headless Chromium (Debian's
 `chromium`, driven by Playwright with `executable_path`: nothing is downloaded)."""
 
-import asyncio
 import os
 import re
 import shutil
@@ -61,21 +60,6 @@ async def browser(chromium: str, tmp_path: Path) -> AsyncIterator:
             await context.close()
 
 
-async def shows(page, locator, text: str, timeout: float = 60) -> None:
-    """TRANSITIONAL, until `/v1/runs/{id}/stream` exists: reload the server-rendered page until it shows `text`."""
-    from playwright.async_api import expect
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await expect(locator).to_have_text(text, timeout=2_000)
-            return
-        except AssertionError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await page.reload()
-
-
 async def test_log_in_start_a_run_approve_it_in_the_inbox_and_watch_it_succeed_live(
     browser, service: Worker, api_keys: dict[str, str], db: psycopg.AsyncConnection, customer: str
 ) -> None:
@@ -97,8 +81,11 @@ async def test_log_in_start_a_run_approve_it_in_the_inbox_and_watch_it_succeed_l
     run_id = unquote(run_page.url.rsplit("/", 1)[1])
     await expect(run_page.get_by_role("heading", name=f"Run {run_id}")).to_be_visible()
 
-    # The run page stays open (the live timeline); the inbox is another tab.
-    await shows(run_page, run_page.locator("#run-status"), "awaiting_approval", timeout=30)
+    # The run page stays open and is never reloaded (a marker in its window would not survive a reload):
+    # what it shows from here on comes from its live timeline. The inbox is another tab.
+    await run_page.evaluate("window.keelTestMarker = 1")
+    await expect(run_page.locator("#run-status")).to_have_text("awaiting_approval", timeout=30_000)
+    await expect(run_page.locator("#timeline tr.kind-approval_requested")).to_contain_text("charge_customer needs approval")
     inbox = await browser.new_page()
     await inbox.goto(f"{service.url}/console/approvals")
     row = inbox.get_by_role("row").filter(has=inbox.get_by_role("link", name=run_id))
@@ -108,14 +95,17 @@ async def test_log_in_start_a_run_approve_it_in_the_inbox_and_watch_it_succeed_l
     await expect(inbox).to_have_url(f"{service.url}/console/approvals")
     await expect(inbox.get_by_role("link", name=run_id)).to_have_count(0)
 
-    # No reload: the stream brings the rest of the timeline, then `end` and the final state.
-    await shows(run_page, run_page.locator("#run-status"), "succeeded")
+    # The stream brings the rest of the timeline, then `end` and the final state.
+    await expect(run_page.locator("#run-status")).to_have_text("succeeded", timeout=60_000)
+    await expect(run_page.locator("#live-state")).to_have_text("The run ended: succeeded.")
     timeline = run_page.locator("#timeline")
     await expect(timeline.locator("tr.kind-approval_decided")).to_contain_text("approved by test-admin")
     await expect(timeline.locator("tr.kind-tool_result").filter(has_text="charge_customer")).to_have_count(1)
     await expect(timeline.locator("tr.kind-run_finished")).to_contain_text("succeeded")
     await expect(run_page.locator("#run-output")).to_be_visible()
     await expect(run_page.get_by_role("heading", name="Waiting for approval")).to_have_count(0)
+    await expect(run_page.locator("#live-tokens pre")).to_have_count(0)  # model output was shown while it streamed, then replaced
+    assert await run_page.evaluate("window.keelTestMarker") == 1
 
     assert await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer) == 1
     assert await fetch_value(db, "SELECT status FROM keel.runs WHERE run_id = %s", run_id) == "succeeded"

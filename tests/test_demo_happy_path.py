@@ -57,8 +57,11 @@ async def test_runs_are_listed_with_filters_and_pages(api: httpx.AsyncClient, cu
     first = (await api.get("/v1/runs", params={"agent": "probe", "limit": 2})).json()
     second = (await api.get("/v1/runs", params={"agent": "probe", "limit": 2, "cursor": first["next_cursor"]})).json()
     failed = (await api.get("/v1/runs", params={"agent": "probe", "status": "failed"})).json()
+    ours = sorted((run["created_at"], run["run_id"]) for run in first["runs"] + second["runs"] if run["run_id"] in ids)
+    window = (await api.get("/v1/runs", params={"agent": "probe", "created_after": ours[0][0], "created_before": ours[-1][0]})).json()
 
     listed = [run["run_id"] for run in first["runs"] + second["runs"]]
+    assert {run["run_id"] for run in window["runs"]} == {run_id for _, run_id in ours[:-1]}  # the upper bound is exclusive
     assert set(ids) <= set(listed) and len(listed) == len(set(listed))
     assert all(run["status"] == "succeeded" and run["output"] == "hello" for run in first["runs"])
     assert not set(ids) & {run["run_id"] for run in failed["runs"]}

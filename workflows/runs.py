@@ -1,14 +1,16 @@
 """Starting runs and reading their state (`keel.runs`, a view over DBOS's tables and Keel's events)."""
 
+import asyncio
 import re
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 from dbos import DBOS, SetWorkflowID
 from psycopg.rows import dict_row
 
-from steps import db
+from steps import db, stream
 from steps.approvals import cancel_pending_approvals, get_approval
 from steps.compensations import list_compensations
 from steps.errors import UserError
@@ -20,6 +22,10 @@ from workflows.saga import retry_compensations, start_rollback
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 COLUMNS = """run_id, agent, input, status, reason, output, error, turns, tokens, cost_usd, waiting_for, forked_from,
              created_at, updated_at, pending_approval_id"""
+
+
+ENDED = ("succeeded", "failed", "compensated", "compensation_failed", "cancelled")
+"""States a run rests in: finished, or (`compensation_failed`) waiting for an operator's `keel compensate`."""
 
 
 class IdempotencyConflict(UserError):
@@ -111,16 +117,17 @@ async def retry_failed_compensations(run_id: str) -> dict[str, Any]:
 
 
 async def list_runs(*, status: str | None = None, agent: str | None = None, limit: int = 50,
+                    created_after: datetime | None = None, created_before: datetime | None = None,
                     before: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
-    """Newest first; `before` = (created_at, run_id) of the last row of the previous page."""
+    """Newest first, created in [`created_after`, `created_before`); `before` = (created_at, run_id)
+    of the last row of the previous page."""
     query = f"SELECT {COLUMNS} FROM keel.runs WHERE true"
     params: list[Any] = []
-    if status:
-        query += " AND status = %s"
-        params.append(status)
-    if agent:
-        query += " AND agent = %s"
-        params.append(agent)
+    for condition, value in (("status = %s", status), ("agent = %s", agent),
+                             ("created_at >= %s", created_after), ("created_at < %s", created_before)):
+        if value is not None:
+            query += f" AND {condition}"
+            params.append(value)
     if before:
         query += " AND (created_at, run_id) < (%s, %s)"
         params.extend(before)
@@ -139,3 +146,24 @@ async def get_events(run_id: str) -> list[dict[str, Any]]:
         return await (await cursor.execute(
             "SELECT seq, at, source, step_id, kind, attempt, summary, payload FROM keel.timeline WHERE run_id = %s ORDER BY seq",
             (run_id,))).fetchall()
+
+
+async def follow_run(run_id: str, after: int = -1, *, poll: float = 0.2) -> AsyncIterator[dict[str, Any]]:
+    """The run's live feed after offset `after`: timeline events and model output as they are written,
+    then `{"end": {"status", "reason"}}` once the run has ended and everything before it was read."""
+    await run_row(run_id)
+    while True:
+        items = await stream.read(run_id, after)
+        for item in items:
+            after = item["offset"]
+            yield item
+        if items:
+            continue
+        run = await run_row(run_id)
+        if run["status"] in ENDED:
+            # The run's last writes committed before its status changed: this read gets all of them.
+            for item in await stream.read(run_id, after, limit=1_000_000):
+                yield item
+            yield {"end": {"status": run["status"], "reason": run["reason"]}}
+            return
+        await asyncio.sleep(poll)

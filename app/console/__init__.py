@@ -65,10 +65,6 @@ templates.env.filters["when"] = when
 templates.env.filters["pretty"] = pretty
 
 
-class LoginRequired(Exception):
-    pass
-
-
 class ConsoleRoute(APIRoute):
     """Refusals become pages: no key (or a bad one) redirects to the login form, a missing role is a
     403 page, an unknown run or approval a 404 page, a conflicting decision a 409 page."""
@@ -79,8 +75,8 @@ class ConsoleRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (LoginRequired, HTTPException) as exc:
-                if isinstance(exc, LoginRequired) or exc.status_code == 401:
+            except HTTPException as exc:
+                if exc.status_code == 401:
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "") if request.method == "GET" else "/console"
                     return RedirectResponse(f"/console/login?next={quote(target)}", status_code=303)
                 return problem(request, exc.status_code, "Not allowed" if exc.status_code == 403 else "Refused", str(exc.detail))
@@ -103,16 +99,7 @@ def auth_on(request: Request) -> bool:
     return request.app.state.settings.auth != "off"
 
 
-async def console_user(request: Request) -> Principal:
-    try:
-        return await authenticate(request)
-    except HTTPException as exc:
-        if exc.status_code == 401:
-            raise LoginRequired() from None
-        raise
-
-
-User = Annotated[Principal, Depends(console_user)]
+User = Annotated[Principal, Depends(authenticate)]  # 401 becomes a redirect to the login form (ConsoleRoute)
 
 
 def role(principal: Principal, *roles: str) -> None:

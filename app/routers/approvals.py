@@ -5,10 +5,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 
 from app.auth import Principal, authenticate, require
-from app.schemas import ApprovalDecision, ApprovalView
+from app.schemas import V1_ERRORS, ApprovalDecision, ApprovalView
 from workflows import decide, get_approval, list_approvals
 
-router = APIRouter(prefix="/v1/approvals", tags=["approvals"], dependencies=[Depends(authenticate)])
+router = APIRouter(prefix="/v1/approvals", tags=["approvals"], responses=V1_ERRORS, dependencies=[Depends(authenticate)])
 
 
 @router.get("", response_model=list[ApprovalView])

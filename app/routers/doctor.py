@@ -6,9 +6,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from app.auth import authenticate
+from app.schemas import V1_ERRORS
 from workflows import diagnose
 
-router = APIRouter(prefix="/v1/doctor", tags=["operations"], dependencies=[Depends(authenticate)])
+router = APIRouter(prefix="/v1/doctor", tags=["operations"], responses=V1_ERRORS, dependencies=[Depends(authenticate)])
 
 
 class Finding(BaseModel):

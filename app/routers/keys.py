@@ -7,9 +7,10 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import auth
+from app.schemas import V1_ERRORS
 from steps import db
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[auth.require("admin")])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS, dependencies=[auth.require("admin")])
 
 
 class KeyCreate(BaseModel):

@@ -2,16 +2,21 @@
 
 import base64
 import binascii
+import json
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi.encoders import jsonable_encoder
+from pydantic import AwareDatetime
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.auth import Principal, authenticate, check_owner, record_submitter, require
-from app.schemas import EventView, ReplayReport, RunCreate, RunFork, RunPage, RunStarted, RunView
-from workflows import cancel_run, fork_run, get_events, get_run, list_runs, replay_run, resume_run, retry_failed_compensations, start_run
+from app.schemas import V1_ERRORS, EventView, ReplayReport, RunCreate, RunFork, RunPage, RunStarted, RunView, errors
+from workflows import cancel_run, follow_run, fork_run, get_events, get_run, list_runs, replay_run, resume_run, retry_failed_compensations, start_run
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(authenticate)])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=V1_ERRORS, dependencies=[Depends(authenticate)])
 RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
                     "compensation_failed", "cancelled"]
 
@@ -34,6 +39,39 @@ async def read_run(run_id: str) -> dict:
 async def read_events(run_id: str) -> list[dict]:
     """The run's timeline: every model call, tool call, retry, approval and compensation, in order."""
     return await get_events(run_id)
+
+
+STREAM_DOC = """Server-Sent Events: the run's timeline and model output as they happen, from the run's DBOS stream.
+
+- `event: <timeline kind>` (`run_started`, `llm_request`, `tool_call`, ...): `data` is the event (as in `/events`, without `seq`).
+- `event: token`: `data` is `{"step_id", "attempt", "text"}`, model output as it arrives. When a `retry` or `llm_error`
+  event with the same `step_id` and `attempt` follows, that attempt failed: drop its tokens.
+- `event: end`: `data` is `{"status", "reason"}`; the run has ended and the server closes the stream.
+
+Every message but `end` has an `id` (its stream offset). Reconnect with `Last-Event-ID` (or `?after=`) to resume
+without loss or duplicates."""
+
+
+@router.get("/{run_id}/stream", summary="Follow a run live (SSE)", description=STREAM_DOC,
+            responses={200: {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+async def stream_run(run_id: str,
+                     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=-1)] = None,
+                     after: Annotated[int | None, Query(ge=-1, description="Resume after this offset (as Last-Event-ID does)")] = None,
+                     ) -> EventSourceResponse:
+    await get_run(run_id)  # a 404 before the stream starts
+
+    async def messages() -> AsyncIterator[ServerSentEvent]:
+        start = last_event_id if last_event_id is not None else after if after is not None else -1
+        async for item in follow_run(run_id, start):
+            if "end" in item:
+                yield ServerSentEvent(json.dumps(item["end"]), event="end")
+            elif "token" in item:
+                data = {"step_id": item["step_id"], "attempt": item["attempt"], "text": item["token"]}
+                yield ServerSentEvent(json.dumps(data), event="token", id=str(item["offset"]))
+            else:
+                yield ServerSentEvent(json.dumps(jsonable_encoder(item["event"])), event=item["event"]["kind"], id=str(item["offset"]))
+
+    return EventSourceResponse(messages(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.post("/{run_id}/fork", status_code=202, response_model=RunView)
@@ -73,14 +111,18 @@ async def compensate(run_id: str, principal: Annotated[Principal, require("submi
     return await retry_failed_compensations(run_id)
 
 
-@router.get("", response_model=RunPage)
+@router.get("", response_model=RunPage, responses=errors(400))
 async def read_runs(
     status: RunStatus | None = None,
-    agent: str | None = None,
+    agent: Annotated[str | None, Query(max_length=200)] = None,
+    created_after: Annotated[AwareDatetime | None, Query(description="Runs created at or after this time (ISO 8601, with a zone)")] = None,
+    created_before: Annotated[AwareDatetime | None, Query(description="Runs created before this time")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> RunPage:
-    runs = await list_runs(status=status, agent=agent, limit=limit, before=decode_cursor(cursor) if cursor else None)
+    """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
+    runs = await list_runs(status=status, agent=agent, limit=limit, created_after=created_after, created_before=created_before,
+                           before=decode_cursor(cursor) if cursor else None)
     next_cursor = encode_cursor(runs[-1]["created_at"], runs[-1]["run_id"]) if len(runs) == limit else None
     return RunPage(runs=[RunView.model_validate(run) for run in runs], next_cursor=next_cursor)
 

@@ -30,6 +30,8 @@ class FaultKind(StrEnum):
     INVALID_ARGUMENTS = "invalid_arguments"
     UNKNOWN_TOOL = "unknown_tool"
     BAD_FINAL = "bad_final"
+    CUT_STREAM = "cut_stream"
+    """A streamed reply breaks off halfway: the connection drops after some of its chunks."""
 
 
 class FaultSpec(BaseModel):

@@ -67,7 +67,8 @@ def create_app() -> FastAPI:
         completion = _CompletionEnvelope(chat.model, _usage(messages, reply))
         if chat.stream:
             include_usage = bool((chat.stream_options or {}).get("include_usage"))
-            events = _sse_events(completion.chunks(reply, include_usage))
+            cut = faults.claim(FaultKind.CUT_STREAM, first_user) is not None
+            events = _sse_events(completion.chunks(reply, include_usage), cut=cut)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return JSONResponse(completion.body(reply))
 
@@ -163,9 +164,13 @@ class _CompletionEnvelope:
                    "system_fingerprint": None, "choices": [], "usage": self.usage}
 
 
-async def _sse_events(chunks: Iterator[dict[str, Any]]) -> AsyncIterator[str]:
-    for chunk in chunks:
+async def _sse_events(chunks: Iterator[dict[str, Any]], *, cut: bool = False) -> AsyncIterator[str]:
+    listed = list(chunks)
+    for chunk in listed[: len(listed) // 2] if cut else listed:
         yield f"data: {json.dumps(chunk)}\n\n"
+    if cut:
+        await asyncio.sleep(0.05)  # let the client read what was sent before the connection drops
+        raise ConnectionAbortedError("scripted fault: the stream was cut")
     yield "data: [DONE]\n\n"
 
 

@@ -1,5 +1,6 @@
 // The run page's live timeline: EventSource on /v1/runs/{id}/stream (same origin, so the console's
-// cookie authenticates it). The server-rendered rows stay; events already shown (same seq) are skipped.
+// cookie authenticates it). Messages: one per timeline event (named by its kind), `token` (model output;
+// a `retry` or `llm_error` of the same step and attempt discards it) and a last `end`.
 (function () {
   "use strict";
   var body = document.getElementById("timeline");
@@ -10,12 +11,10 @@
     "breaker_open", "breaker_half_open", "breaker_closed", "approval_requested", "approval_escalated", "approval_decided",
     "run_finished", "rollback_started", "compensation_started", "compensation_finished", "compensation_failed", "message"];
   var REFRESH = /^(approval_|run_finished|rollback_|compensation_|parked)/;
-  var seen = {};
-  var start = null;
-  Array.prototype.forEach.call(body.rows, function (row) {
-    seen[row.dataset.seq] = true;
-    if (start === null) start = Date.parse(row.dataset.at);
-  });
+  // The stream starts from the run's first event: its first event replaces the server-rendered rows
+  // (a reconnection resumes after Last-Event-ID, so nothing is shown twice).
+  var replaced = false;
+  var start = body.rows.length ? Date.parse(body.rows[0].dataset.at) : null;
 
   function cell(row, text) {
     var td = row.insertCell(-1);
@@ -24,15 +23,16 @@
   }
 
   function addEvent(item) {
-    if (item.seq !== undefined) {
-      if (seen[item.seq]) return;
-      seen[item.seq] = true;
+    if (!replaced) {
+      replaced = true;
+      body.textContent = "";
+      start = null;
     }
     var at = Date.parse(item.at);
     if (start === null) start = at;
     var row = body.insertRow(-1);
     row.className = "kind-" + item.kind;
-    row.dataset.seq = item.seq;
+    row.dataset.at = item.at;
     cell(row, ((at - start) / 1000).toFixed(3) + "s");
     cell(row, item.step_id);
     var kind = document.createElement("code");

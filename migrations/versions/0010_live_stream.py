@@ -1,0 +1,70 @@
+"""The live feed: one summary function for the timeline view and the stream reader, so both say the same.
+
+Revision ID: 0010
+Revises: 0009
+"""
+
+from alembic import op
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+SUMMARY_CASE = """
+       CASE e.kind
+        WHEN 'run_started' THEN 'agent ' || (e.payload ->> 'agent') || ': ' || left(e.payload ->> 'input', 80)
+        WHEN 'llm_request' THEN 'turn ' || (e.payload ->> 'turn') || ': ' || jsonb_array_length(e.payload -> 'messages') || ' new message(s) to ' || (e.payload ->> 'model')
+        WHEN 'llm_response' THEN 'turn ' || (e.payload ->> 'turn') || ': ' || (e.payload ->> 'finish_reason') || ', ' || (e.payload ->> 'total_tokens') || ' tokens, '
+                                 || (e.payload ->> 'latency_ms') || ' ms, attempt ' || (e.payload ->> 'attempts')
+        WHEN 'llm_error' THEN (e.payload -> 'error' ->> 'kind') || ': ' || (e.payload -> 'error' ->> 'message')
+        WHEN 'tool_call' THEN (e.payload ->> 'tool') || '(' || left(e.payload ->> 'arguments', 100) || ') key ' || (e.payload ->> 'idempotency_key')
+        WHEN 'tool_result' THEN (e.payload ->> 'tool') || CASE WHEN (e.payload ->> 'ok')::boolean
+             THEN ' ok' || CASE WHEN (e.payload ->> 'deduplicated')::boolean THEN ' (deduplicated)' ELSE '' END
+                        || CASE WHEN (e.payload ->> 'reconciled')::boolean THEN ' (reconciled)' ELSE '' END
+             ELSE ' failed: ' || (e.payload -> 'error' ->> 'message') END
+        WHEN 'retry' THEN 'attempt ' || e.attempt || ' failed (' || (e.payload -> 'error' ->> 'message') || '), waiting '
+                          || round((e.payload ->> 'wait')::numeric, 2) || ' s'
+        WHEN 'parked' THEN 'waiting ' || (e.payload ->> 'seconds') || ' s for ' || (e.payload ->> 'waiting_for')
+        WHEN 'approval_requested' THEN (e.payload ->> 'tool') || ' needs approval ' || (e.payload ->> 'approval_id')
+        WHEN 'approval_decided' THEN (e.payload ->> 'status') || coalesce(' by ' || (e.payload ->> 'decided_by'), '')
+                                     || coalesce(': ' || (e.payload ->> 'comment'), '')
+        WHEN 'approval_escalated' THEN 'no decision yet: escalated'
+        WHEN 'rollback_started' THEN jsonb_array_length(e.payload -> 'effects') || ' effect(s) to undo'
+        WHEN 'compensation_started' THEN 'undoing effect ' || e.step_id
+        WHEN 'compensation_finished' THEN 'effect ' || e.step_id || ' undone'
+        WHEN 'compensation_failed' THEN 'undoing effect ' || e.step_id || ' failed: ' || (e.payload -> 'error' ->> 'message')
+        WHEN 'run_finished' THEN (e.payload ->> 'status') || coalesce(' (' || (e.payload ->> 'reason') || '): ' || (e.payload ->> 'message'), '')
+        ELSE coalesce(e.payload ->> 'dependency', '')
+    END"""
+
+SUMMARY = f"""
+CREATE FUNCTION keel.event_summary(e keel.events) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+SELECT {SUMMARY_CASE}
+$$
+"""
+
+TIMELINE = """
+CREATE OR REPLACE VIEW keel.timeline AS
+SELECT split_part(e.run_id, ':' || 'compensate:', 1) AS run_id,
+       row_number() OVER (PARTITION BY split_part(e.run_id, ':' || 'compensate:', 1) ORDER BY e.id) AS seq,
+       e.id AS event_id,
+       e.run_id AS source,
+       e.created_at AS at,
+       e.step_id,
+       e.kind,
+       e.attempt,
+       keel.event_summary(e) AS summary,
+       e.payload
+FROM keel.events e
+"""
+
+
+def upgrade() -> None:
+    op.execute(SUMMARY)
+    op.execute(TIMELINE)
+
+
+def downgrade() -> None:
+    op.execute(TIMELINE.replace("keel.event_summary(e)", SUMMARY_CASE.strip()))
+    op.execute("DROP FUNCTION keel.event_summary(keel.events)")

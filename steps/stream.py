@@ -1,0 +1,96 @@
+"""A run's live feed: the DBOS stream `keel` of the run's workflow (`dbos.streams`).
+
+Each row is either a reference to a timeline event, `{"event": <keel.events id>}`, written in the same
+statement as the event (so the feed never shows an event that did not commit, and costs no extra
+commit), or a piece of model output, `{"token": text, "step_id", "attempt"}`. Offsets are assigned the
+way DBOS's `write_stream` assigns them, so `DBOS.read_stream(run_id, "keel")` reads the same feed;
+forks inherit the rows of the steps they reuse, as DBOS copies them."""
+
+import asyncio
+import json
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from steps import db
+
+KEY = "keel"
+OTHER_WORKFLOW = 2**31 - 1
+"""`function_id` of rows written by a run's undo calls: above any step, so a fork never copies them."""
+
+NEXT_OFFSET = """(SELECT coalesce(max("offset"), -1) + 1 FROM dbos.streams WHERE workflow_uuid = %(feed)s AND key = 'keel')"""
+
+RECORD_EVENT = f"""
+WITH event AS (
+    INSERT INTO keel.events (run_id, step_id, kind, attempt, payload)
+    VALUES (%(run_id)s, %(step_id)s, %(kind)s, %(attempt)s, %(payload)s)
+    ON CONFLICT (run_id, step_id, kind, attempt) DO NOTHING
+    RETURNING id
+)
+INSERT INTO dbos.streams (workflow_uuid, key, value, "offset", function_id, serialization)
+SELECT %(feed)s, 'keel', json_build_object('event', event.id)::text, {NEXT_OFFSET}, %(function_id)s, 'portable_json' FROM event
+"""
+
+PUBLISH_TOKENS = f"""
+INSERT INTO dbos.streams (workflow_uuid, key, value, "offset", function_id, serialization)
+VALUES (%(feed)s, 'keel', %(value)s, {NEXT_OFFSET}, %(function_id)s, 'portable_json')
+"""
+
+
+def feed_of(run_id: str) -> str:
+    """An undo call (`<run>:compensate:<n>`) reports into its run's feed."""
+    return run_id.split(":compensate:")[0]
+
+
+async def record_event(conn: AsyncConnection, run_id: str, step_id: int, kind: str, attempt: int, payload: dict[str, Any]) -> None:
+    feed = feed_of(run_id)
+    await _insert(conn, RECORD_EVENT, {"run_id": run_id, "step_id": step_id, "kind": kind, "attempt": attempt, "payload": Jsonb(payload),
+                                       "feed": feed, "function_id": step_id if feed == run_id else OTHER_WORKFLOW})
+
+
+async def publish_tokens(run_id: str, step_id: int, attempt: int, text: str) -> None:
+    value = json.dumps({"token": text, "step_id": step_id, "attempt": attempt}, separators=(",", ":"), ensure_ascii=False)
+    async with db.pool().connection() as conn:
+        await _insert(conn, PUBLISH_TOKENS, {"feed": feed_of(run_id), "value": value, "function_id": step_id})
+
+
+async def _insert(conn: AsyncConnection, statement: str, params: dict[str, Any]) -> None:
+    """Two writers racing for one offset: the loser tries again (as DBOS's own writer does)."""
+    for _ in range(50):
+        try:
+            if conn.info.transaction_status == TransactionStatus.IDLE:
+                await conn.execute(statement, params)  # autocommit: one round trip
+            else:
+                async with conn.transaction():  # a savepoint, so a lost race does not abort the caller's transaction
+                    await conn.execute(statement, params)
+            return
+        except UniqueViolation:
+            await asyncio.sleep(0.01)
+    raise RuntimeError(f"could not append to the feed of {params['feed']}")
+
+
+async def read(run_id: str, after: int, limit: int = 500) -> list[dict[str, Any]]:
+    """Feed items with offsets above `after`, oldest first: `{"offset", "token"...}` or `{"offset", "event": <timeline item>}`."""
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        rows = await (await cursor.execute(
+            """SELECT s."offset", s.value::jsonb AS value, e.id AS event_id, e.created_at AS at, e.run_id AS source, e.step_id, e.kind,
+                      e.attempt, keel.event_summary(e) AS summary, e.payload
+               FROM dbos.streams s LEFT JOIN keel.events e ON e.id = (s.value::jsonb ->> 'event')::bigint
+               WHERE s.workflow_uuid = %s AND s.key = 'keel' AND s."offset" > %s
+               ORDER BY s."offset" LIMIT %s""",
+            (run_id, after, limit))).fetchall()
+    items = []
+    for row in rows:
+        value = row.pop("value")
+        if not isinstance(value, dict):
+            continue  # DBOS's close marker
+        if "token" in value:
+            items.append({"offset": row["offset"], **value})
+        elif row["event_id"] is not None:
+            items.append({"offset": row.pop("offset"), "event": row})
+    return items
