@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -14,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import fetch_value, wait_for_approval
+from tests.conftest import fetch_value, wait_for_approval, wait_for_run
 from tests.processes import Worker
 
 # Chromium cannot reach the internet here: without these flags its background connections are refused.
@@ -110,6 +111,44 @@ async def test_log_in_start_a_run_approve_it_in_the_inbox_and_watch_it_succeed_l
     assert await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer) == 1
     assert await fetch_value(db, "SELECT status FROM keel.runs WHERE run_id = %s", run_id) == "succeeded"
     assert await fetch_value(db, "SELECT decided_by FROM keel.approvals WHERE run_id = %s", run_id) == "test-admin"
+
+
+# Every state of the run page's live model output, as the page shows it (recorded on each change).
+RECORD_TOKENS = """
+window.keelTokens = [];
+document.addEventListener("DOMContentLoaded", function () {
+  var tokens = document.getElementById("live-tokens");
+  if (!tokens) return;
+  new MutationObserver(function () { window.keelTokens.push(tokens.textContent); })
+    .observe(tokens, {childList: true, subtree: true, characterData: true});
+});
+"""
+
+
+async def test_the_run_page_drops_the_streamed_output_of_a_failed_attempt(
+    browser, service: Worker, api: httpx.AsyncClient, model: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    from playwright.async_api import expect
+
+    text = f"a reply that streams in pieces {uuid.uuid4().hex}"
+    await model.post("/faults", json={"kind": "cut_stream", "match": text})  # the first attempt breaks off halfway
+    run_id = (await api.post("/v1/runs", json={"agent": "probe", "input": f"say {text}"})).json()["run_id"]
+    await browser.add_cookies([{"name": "keel_key", "value": api_keys["approve"], "url": service.url}])
+    await browser.add_init_script(RECORD_TOKENS)
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+
+    await page.goto(f"{service.url}/console/runs/{run_id}")  # the stream starts from the beginning, whenever the page opens
+    await expect(page.locator("#live-state")).to_have_text("The run ended: succeeded.", timeout=60_000)
+    await expect(page.locator("#timeline tr.kind-retry")).to_have_count(1)
+    shown = await page.evaluate("window.keelTokens")
+    run = await wait_for_run(api, run_id)
+
+    assert run["output"] == text
+    broken = [state for state in shown if state and text.startswith(state) and state != text]
+    assert broken, f"the broken attempt's output was shown while it streamed: {shown}"
+    assert text in shown, f"the retried attempt's output was shown alone, without the broken one's: {shown}"
+    assert not [state for state in shown if len(state) > len(text)], f"never both attempts at once: {shown}"
+    assert shown[-1] == "", "the streamed output gives way to the recorded response"
 
 
 async def test_the_console_sends_strangers_to_the_login_form_and_refuses_a_submit_key_the_inbox(
