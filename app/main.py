@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import sandbox, scripted_model
+from app import console, sandbox, scripted_model
 from app.auth import ensure_local_key
 from app.config import Settings, get_settings
 from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(doctor.router)
     app.include_router(keys.router)
     app.include_router(metrics.router)
+    app.include_router(console.router)
     app.include_router(sandbox.router, prefix="/sandbox")
     if app.state.settings.offline:
         app.mount("/scripted", scripted_model.create_app())

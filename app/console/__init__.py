@@ -1,0 +1,219 @@
+"""The web console: server-rendered pages over the same functions as the JSON API.
+
+Pages authenticate with the API keys: `/console/login` stores the pasted key in the `keel_key`
+cookie (HttpOnly, SameSite=Strict), which `app.auth.authenticate` accepts like a bearer token. The
+console's form POSTs (start a run, approve, reject, log in) carry no CSRF token: a SameSite=Strict
+cookie is not sent on requests started by another site, so a cross-site form POST arrives without a
+key and is refused. Everything is escaped by Jinja's autoescape; the only JavaScript is the live
+timeline (`static/timeline.js`), and every page works without it."""
+
+import json
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+
+from app.auth import COOKIE, Principal, authenticate, find_key, record_submitter
+from app.routers.approvals import decider
+from app.routers.runs import decode_cursor, encode_cursor
+from steps import db
+from workflows import (
+    ApprovalConflict,
+    ApprovalNotFound,
+    IdempotencyConflict,
+    RunConflict,
+    RunNotFound,
+    UserError,
+    agent_names,
+    decide,
+    get_events,
+    get_run,
+    list_approvals,
+    list_runs,
+    start_run,
+)
+
+HERE = Path(__file__).resolve().parent
+STATIC = {"console.css": "text/css", "timeline.js": "text/javascript"}
+STATUSES = ["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "cancelled"]
+PAGE_SIZE = 25
+
+templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                                                   undefined=jinja2.StrictUndefined))
+
+
+def when(value: datetime | str | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+templates.env.filters["when"] = when
+templates.env.filters["pretty"] = pretty
+
+
+class ConsoleRoute(APIRoute):
+    """Refusals become pages: no key (or a bad one) redirects to the login form, a missing role is a
+    403 page, an unknown run or approval a 404 page, a conflicting decision a 409 page."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                if exc.status_code == 401:
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "") if request.method == "GET" else "/console"
+                    return RedirectResponse(f"/console/login?next={quote(target)}", status_code=303)
+                return problem(request, exc.status_code, "Not allowed" if exc.status_code == 403 else "Refused", str(exc.detail))
+            except (RunNotFound, ApprovalNotFound) as exc:
+                return problem(request, 404, "Not found", str(exc))
+            except (RunConflict, ApprovalConflict, IdempotencyConflict) as exc:
+                return problem(request, 409, "Conflict", str(exc))
+            except UserError as exc:
+                return problem(request, 422, "Not valid", str(exc))
+
+        return handle
+
+
+def problem(request: Request, status: int, title: str, message: str) -> HTMLResponse:
+    return templates.TemplateResponse(request, "problem.html", {"title": title, "message": message, "user": None, "auth": auth_on(request)},
+                                      status_code=status)
+
+
+def auth_on(request: Request) -> bool:
+    return request.app.state.settings.auth != "off"
+
+
+User = Annotated[Principal, Depends(authenticate)]  # 401 becomes a redirect to the login form (ConsoleRoute)
+
+
+def role(principal: Principal, *roles: str) -> None:
+    if not principal.may(*roles):  # type: ignore[arg-type]
+        raise HTTPException(403, f"This needs a key with role {' or '.join(roles)}; you are logged in as {principal.name}, "
+                                 f"whose role is {principal.role}.")
+
+
+async def form(request: Request) -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body (the console's forms send nothing else)."""
+    fields = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[-1] for name, values in fields.items()}
+
+
+def local_target(target: str | None, default: str = "/console") -> str:
+    """Only redirect within the console (no open redirect to another site)."""
+    if target and target.startswith("/console") and not target.startswith("//"):
+        return target
+    return default
+
+
+def page(request: Request, name: str, user: Principal | None, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, {"user": user, "auth": auth_on(request), **context})
+
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> FileResponse:
+    if name not in STATIC:
+        raise HTTPException(404, f"no file {name}")
+    return FileResponse(HERE / "static" / name, media_type=STATIC[name])
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str | None = None) -> Response:
+    if not auth_on(request):
+        return RedirectResponse(local_target(next), status_code=303)
+    return page(request, "login.html", None, next=local_target(next), error=None)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    fields = await form(request)
+    target = local_target(fields.get("next"))
+    if not auth_on(request):
+        return RedirectResponse(target, status_code=303)
+    secret = fields.get("key", "").strip()
+    principal = None
+    if secret:
+        async with db.pool().connection() as conn:
+            principal = await find_key(conn, secret)
+    if principal is None:
+        response = page(request, "login.html", None, next=target, error="That key is not valid or was revoked.")
+        response.status_code = 401
+        return response
+    response = RedirectResponse(target, status_code=303)
+    # The cookie is the key itself: HttpOnly (no script reads it), SameSite=Strict (no other site sends it: our CSRF defence).
+    response.set_cookie(COOKIE, secret, httponly=True, samesite="strict", path="/", secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@router.get("")
+async def runs_page(request: Request, user: User, status: str | None = None, agent: str | None = None, cursor: str | None = None) -> Response:
+    status = status if status in STATUSES else None
+    agent = agent or None
+    runs = await list_runs(status=status, agent=agent, limit=PAGE_SIZE, before=decode_cursor(cursor) if cursor else None)
+    next_cursor = encode_cursor(runs[-1]["created_at"], runs[-1]["run_id"]) if len(runs) == PAGE_SIZE else None
+    return page(request, "runs.html", user, runs=runs, status=status, agent=agent, statuses=STATUSES, agents=agent_names(),
+                next_cursor=next_cursor, paged=cursor is not None)
+
+
+@router.post("/runs")
+async def submit_run(request: Request, user: User) -> Response:
+    role(user, "submit")
+    fields = await form(request)
+    agent, text = fields.get("agent", ""), fields.get("input", "").strip()
+    if not text:
+        raise UserError("Write the run's input.")
+    run = await start_run(agent, text)
+    await record_submitter(run["run_id"], user)
+    return RedirectResponse(f"/console/runs/{quote(run['run_id'])}", status_code=303)
+
+
+@router.get("/runs/{run_id}")
+async def run_page(request: Request, run_id: str, user: User) -> Response:
+    run = await get_run(run_id)
+    events = await get_events(run_id)
+    start = events[0]["at"] if events else None
+    for event in events:
+        event["offset"] = (event["at"] - start).total_seconds()
+    return page(request, "run.html", user, run=run, events=events)
+
+
+@router.get("/approvals")
+async def approvals_page(request: Request, user: User) -> Response:
+    role(user, "approve")
+    return page(request, "approvals.html", user, approvals=await list_approvals(status="pending", limit=200))
+
+
+@router.post("/approvals/{approval_id}")
+async def decide_approval(request: Request, approval_id: str, user: User) -> Response:
+    role(user, "approve")
+    fields = await form(request)
+    decision = fields.get("decision")
+    if decision not in ("approve", "reject"):
+        raise UserError("The decision must be approve or reject.")
+    await decide(approval_id, decision, decided_by=decider(user, None), comment=fields.get("comment") or None)
+    return RedirectResponse(local_target(fields.get("next"), "/console/approvals"), status_code=303)
