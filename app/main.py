@@ -11,10 +11,13 @@ import psycopg
 from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from openai import AsyncOpenAI
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app import console, sandbox, scripted_model
 from app.auth import ensure_local_key
@@ -25,7 +28,7 @@ from app.routers import approvals, doctor, keys, metrics, runs
 from app.schemas import errors
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
-from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
+from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
 from workflows.workers import beat, take_over_dead_workers
 
@@ -61,8 +64,6 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
     billing.configure(settings.sandbox_base_url)
-    for module in filter(None, (m.strip() for m in settings.agent_modules.split(","))):
-        importlib.import_module(module)
     DBOS(config=dbos_config(settings, url))
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
     heartbeat = asyncio.create_task(heartbeats(settings))
@@ -123,6 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Durable execution for AI agents, native to PostgreSQL.")
     app.state.settings = settings or get_settings()
     app.state.migration_head = migration_head()
+    for module in filter(None, (m.strip() for m in app.state.settings.agent_modules.split(","))):
+        importlib.import_module(module)  # before the OpenAPI document (it lists the agents) and before DBOS launches
+    app.openapi = lambda: openapi_with_agents(app)  # type: ignore[method-assign]
     app.include_router(runs.router)
     app.include_router(approvals.router)
     app.include_router(doctor.router)
@@ -161,6 +165,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def allowed_methods(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return methods
+
+
+def openapi_with_agents(app: FastAPI) -> dict[str, Any]:
+    """The generated document, with the agents this service runs as the choices for `RunCreate.agent`."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema["components"]["schemas"]["RunCreate"]["properties"]["agent"]["enum"] = agent_names()
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               409: "conflict", 413: "too_large", 429: "too_many_requests"}
 
@@ -180,7 +201,14 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the methods of one route; a path may have several
+            response.headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
         return response
+
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # The last line of defence: the request models refuse what PostgreSQL cannot store (NUL characters, say).
+        return error(422, "invalid_request", f"a value cannot be stored: {exc}")
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)

@@ -1,9 +1,29 @@
 """Request and response models of the HTTP API (separate from durable state, which is plain JSON)."""
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+
+from workflows.runs import RUN_ID
+
+NO_NUL = r"^[^\x00]*$"
+"""PostgreSQL text cannot hold NUL characters: refused at the door (422), not at the database (500)."""
+RUN_ID_PATTERN = RUN_ID.pattern
+APPROVAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+
+
+def iso_8601(value: object) -> object:
+    if not isinstance(value, str) or not re.match(r"^\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected an ISO 8601 date and time with a zone, e.g. 2026-11-26T12:00:00Z")
+    return value
+
+
+Text = Annotated[str, Field(pattern=NO_NUL)]
+"""Text from a client that Keel stores: without NUL (pydantic already refuses lone surrogates)."""
+Timestamp = Annotated[AwareDatetime, BeforeValidator(iso_8601)]
+"""A time with a zone, in ISO 8601 only (not a number of seconds)."""
 
 
 class ErrorDetail(BaseModel):
@@ -19,7 +39,7 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_MEANINGS = {
-    400: "A malformed parameter (a cursor, say)",
+    400: "A malformed body or parameter (a page cursor, say)",
     401: "No API key, or one that is not valid or was revoked",
     403: "The key's role does not allow this",
     404: "No such run, approval or key",
@@ -35,23 +55,23 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
 
 
-V1_ERRORS = errors(401, 403, 404, 409, 413, 422, 503)
+V1_ERRORS = errors(400, 401, 403, 404, 409, 413, 422, 503)
 """Every `/v1` router declares these: any `/v1` request can meet them (a 404 or 409 where the operation names something)."""
 
 
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agent: str = Field(min_length=1, max_length=64, examples=["billing"])
-    input: str = Field(min_length=1, max_length=100_000, examples=["Upgrade customer C-42 to the pro plan"])
+    agent: Text = Field(min_length=1, max_length=64, examples=["billing"])
+    input: Text = Field(min_length=1, max_length=100_000, examples=["Upgrade customer C-42 to the pro plan"])
 
 
 class RunFork(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     from_step: int = Field(ge=1, description="The first step to run live; earlier steps reuse the recorded outputs")
-    model: str | None = Field(None, max_length=200)
-    instructions: str | None = Field(None, max_length=100_000)
+    model: Text | None = Field(None, max_length=200)
+    instructions: Text | None = Field(None, max_length=100_000)
 
 
 class RunStarted(BaseModel):
@@ -77,8 +97,8 @@ class ApprovalDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["approve", "reject"]
-    comment: str | None = Field(None, max_length=2000)
-    decided_by: str | None = Field(None, min_length=1, max_length=200, description="Who decides, when the key is shared (a console's)")
+    comment: Text | None = Field(None, max_length=2000)
+    decided_by: Text | None = Field(None, min_length=1, max_length=200, description="Who decides, when the key is shared (a console's)")
 
 
 class CompensationView(BaseModel):

@@ -24,6 +24,7 @@ from steps import db as steps_db
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 TEST_DATABASE = "keel_test"
+AGENT_MODULES = "app.demo.billing,tests.agents"
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)
 
@@ -31,17 +32,21 @@ _customers = itertools.count(1)
 EMBEDDED_TEST_DIR = ROOT / ".keel" / "test"
 
 
+def fresh_database(server_url: str, name: str) -> str:
+    """Drop and create database `name` on the server of `server_url`, migrate it, and return its URL."""
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    maintenance = make_url(server_url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    migrate(url)
+    return url
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     external = os.environ.get("DATABASE_URL")
-    server = external or start_embedded_postgres(EMBEDDED_TEST_DIR)
-    url = make_url(server).set(database=TEST_DATABASE).render_as_string(hide_password=False)
-    maintenance = make_url(server).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(maintenance, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DATABASE)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
-    migrate(url)
-    yield url
+    yield fresh_database(external or start_embedded_postgres(EMBEDDED_TEST_DIR), TEST_DATABASE)
     if not external:
         stop_embedded_postgres(EMBEDDED_TEST_DIR)
 
@@ -62,11 +67,15 @@ def model_url(logs: Path) -> Iterator[str]:
 def api_keys(database_url: str) -> dict[str, str]:
     """One key per role, made in the database as `keel keys create` makes them."""
 
-    async def create_all() -> dict[str, str]:
-        async with await psycopg.AsyncConnection.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
-            return {role: (await create_key(conn, f"test-{role}", role))[1] for role in ROLES}
+    return {role: make_key(database_url, role) for role in ROLES}
 
-    return asyncio.run(create_all())
+
+def make_key(database_url: str, role: str) -> str:
+    async def create() -> str:
+        async with await psycopg.AsyncConnection.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
+            return (await create_key(conn, f"test-{role}", role))[1]  # type: ignore[arg-type]
+
+    return asyncio.run(create())
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +86,7 @@ def worker_env(database_url: str, model_url: str, api_keys: dict[str, str]) -> d
         "DATABASE_URL": database_url,
         "OPENAI_BASE_URL": f"{model_url}/v1",
         "OPENAI_API_KEY": "test-key",
-        "KEEL_AGENT_MODULES": "app.demo.billing,tests.agents",
+        "KEEL_AGENT_MODULES": AGENT_MODULES,
         "PYTHONPATH": str(ROOT),
         "KEEL_API_KEY": api_keys["admin"],  # what the CLI and `Worker.client()` send
     }

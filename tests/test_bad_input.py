@@ -45,7 +45,17 @@ async def test_malformed_bodies_get_422_with_details(api: httpx.AsyncClient, db:
 async def test_bad_idempotency_key_is_refused(api: httpx.AsyncClient) -> None:
     response = await api.post("/v1/runs", json={"agent": "probe", "input": "say hi"}, headers={"Idempotency-Key": "has spaces/and slashes"})
     assert response.status_code == 422
-    assert "run ID must match" in response.json()["error"]["message"]
+    assert response.json()["error"]["details"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+async def test_text_postgres_cannot_store_is_422_not_500(api: httpx.AsyncClient) -> None:
+    """Found by the fuzzer: NUL characters and lone surrogates used to reach PostgreSQL and come back as 500."""
+    nul = await api.post("/v1/runs", json={"agent": "probe", "input": "say \u0000"})
+    surrogate = await api.post("/v1/runs", content=b'{"agent": "probe", "input": "say \\ud800"}', headers={"Content-Type": "application/json"})
+    nul_in_path = await api.get("/v1/runs/a%00b")
+
+    assert [nul.status_code, surrogate.status_code, nul_in_path.status_code] == [422, 422, 422]
+    assert surrogate.json()["error"]["details"][0]["loc"] == ["body", "input"]
 
 
 async def test_unknown_run_is_404(api: httpx.AsyncClient) -> None:
@@ -54,9 +64,12 @@ async def test_unknown_run_is_404(api: httpx.AsyncClient) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
-async def test_bad_cursor_is_400(api: httpx.AsyncClient) -> None:
-    response = await api.get("/v1/runs", params={"cursor": "%%%"})
-    assert response.status_code == 400
+async def test_bad_cursor_is_400_and_one_with_foreign_characters_is_422(api: httpx.AsyncClient) -> None:
+    undecodable = await api.get("/v1/runs", params={"cursor": "bm90LWEtY3Vyc29y"})  # base64 of "not-a-cursor"
+    malformed = await api.get("/v1/runs", params={"cursor": "%%%"})
+
+    assert undecodable.status_code == 400 and undecodable.json()["error"]["message"] == "invalid cursor"
+    assert malformed.status_code == 422
 
 
 @pytest.mark.parametrize("fault", ["invalid_arguments", "malformed_arguments", "unknown_tool"])

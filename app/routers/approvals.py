@@ -2,19 +2,20 @@
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from app.auth import Principal, authenticate, require
-from app.schemas import V1_ERRORS, ApprovalDecision, ApprovalView
+from app.schemas import APPROVAL_ID_PATTERN, RUN_ID_PATTERN, V1_ERRORS, ApprovalDecision, ApprovalView
 from workflows import decide, get_approval, list_approvals
 
+ApprovalId = Annotated[str, Path(pattern=APPROVAL_ID_PATTERN)]
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"], responses=V1_ERRORS, dependencies=[Depends(authenticate)])
 
 
 @router.get("", response_model=list[ApprovalView])
 async def read_approvals(
-    status: Literal["pending", "approved", "rejected", "expired"] | None = None,
-    run_id: str | None = None,
+    status: Literal["pending", "approved", "rejected", "expired"] = None,  # type: ignore[assignment]  # optional, never null
+    run_id: Annotated[str, Query(pattern=RUN_ID_PATTERN)] = None,  # type: ignore[assignment]
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict]:
     """Oldest first; `?status=pending` is the inbox."""
@@ -22,12 +23,12 @@ async def read_approvals(
 
 
 @router.get("/{approval_id}", response_model=ApprovalView)
-async def read_approval(approval_id: str) -> dict:
+async def read_approval(approval_id: ApprovalId) -> dict:
     return await get_approval(approval_id)
 
 
 @router.post("/{approval_id}", response_model=ApprovalView)
-async def decide_approval(approval_id: str, body: ApprovalDecision, principal: Annotated[Principal, require("approve")]) -> dict:
+async def decide_approval(approval_id: ApprovalId, body: ApprovalDecision, principal: Annotated[Principal, require("approve")]) -> dict:
     """Approve or reject (needs an `approve` key). The same decision again returns the recorded one; a different one is 409.
     The decider recorded is the key's name, with `decided_by` when given (`alice via ops-console`)."""
     return await decide(approval_id, body.decision, decided_by=decider(principal, body.decided_by), comment=body.comment)

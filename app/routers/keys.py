@@ -1,13 +1,13 @@
 """`/v1/keys`: API key management (admin keys only). The CLI's `keel keys` does the same in the database."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import auth
-from app.schemas import V1_ERRORS
+from app.schemas import V1_ERRORS, Text
 from steps import db
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS, dependencies=[auth.require("admin")])
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS, depend
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     role: Literal["submit", "approve", "admin"]
 
 
@@ -46,7 +46,7 @@ async def create_key(body: KeyCreate) -> dict:
 
 
 @router.delete("/{key_id}", response_model=KeyView)
-async def revoke_key(key_id: str) -> dict:
+async def revoke_key(key_id: Annotated[str, Path(pattern=r"^key_[0-9a-f]{12}$")]) -> dict:
     """Revoke at once: the next request with the key gets 401. Revoking twice is a no-op."""
     async with db.pool().connection() as conn:
         row = await auth.revoke_key(conn, key_id)

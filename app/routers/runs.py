@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from fastapi.encoders import jsonable_encoder
-from pydantic import AwareDatetime
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.auth import Principal, authenticate, check_owner, record_submitter, require
-from app.schemas import V1_ERRORS, EventView, ReplayReport, RunCreate, RunFork, RunPage, RunStarted, RunView, errors
+from app.schemas import NO_NUL, RUN_ID_PATTERN, V1_ERRORS, EventView, ReplayReport, RunCreate, RunFork, RunPage, RunStarted, RunView, Timestamp, errors
 from workflows import cancel_run, follow_run, fork_run, get_events, get_run, list_runs, replay_run, resume_run, retry_failed_compensations, start_run
 
+RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN)]
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=V1_ERRORS, dependencies=[Depends(authenticate)])
 RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
                     "compensation_failed", "cancelled"]
@@ -23,7 +23,8 @@ RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "fail
 
 @router.post("", status_code=202, response_model=RunStarted)
 async def create_run(body: RunCreate, principal: Annotated[Principal, require("submit")],
-                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> RunStarted:
+                     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", pattern=RUN_ID_PATTERN)] = None,  # type: ignore[assignment]
+                     ) -> RunStarted:
     """Start a run. With `Idempotency-Key`, the key is the run ID: repeating the request returns the same run."""
     run = await start_run(body.agent, body.input, idempotency_key)
     await record_submitter(run["run_id"], principal)
@@ -31,12 +32,12 @@ async def create_run(body: RunCreate, principal: Annotated[Principal, require("s
 
 
 @router.get("/{run_id}", response_model=RunView)
-async def read_run(run_id: str) -> dict:
+async def read_run(run_id: RunId) -> dict:
     return await get_run(run_id)
 
 
 @router.get("/{run_id}/events", response_model=list[EventView])
-async def read_events(run_id: str) -> list[dict]:
+async def read_events(run_id: RunId) -> list[dict]:
     """The run's timeline: every model call, tool call, retry, approval and compensation, in order."""
     return await get_events(run_id)
 
@@ -52,16 +53,28 @@ Every message but `end` has an `id` (its stream offset). Reconnect with `Last-Ev
 without loss or duplicates."""
 
 
+SSE_MESSAGE = {
+    "type": "object",
+    "description": "One message of the stream",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "A timeline kind, `token` or `end`"},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The message's offset in the run's stream (absent on `end`)"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
 @router.get("/{run_id}/stream", summary="Follow a run live (SSE)", description=STREAM_DOC,
-            responses={200: {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
-async def stream_run(run_id: str,
-                     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=-1)] = None,
-                     after: Annotated[int | None, Query(ge=-1, description="Resume after this offset (as Last-Event-ID does)")] = None,
+            responses={200: {"description": "An event stream", "content": {"text/event-stream": {"schema": SSE_MESSAGE}}}})
+async def stream_run(run_id: RunId,
+                     last_event_id: Annotated[str, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,9}$")] = None,  # type: ignore[assignment]
+                     after: Annotated[int, Query(ge=-1, le=2**31 - 1, description="Resume after this offset (as Last-Event-ID does)")] = None,  # type: ignore[assignment]
                      ) -> EventSourceResponse:
     await get_run(run_id)  # a 404 before the stream starts
 
     async def messages() -> AsyncIterator[ServerSentEvent]:
-        start = last_event_id if last_event_id is not None else after if after is not None else -1
+        start = int(last_event_id) if last_event_id is not None else after if after is not None else -1
         async for item in follow_run(run_id, start):
             if "end" in item:
                 yield ServerSentEvent(json.dumps(item["end"]), event="end")
@@ -75,7 +88,7 @@ async def stream_run(run_id: str,
 
 
 @router.post("/{run_id}/fork", status_code=202, response_model=RunView)
-async def fork(run_id: str, body: RunFork, principal: Annotated[Principal, require("submit")]) -> dict:
+async def fork(run_id: RunId, body: RunFork, principal: Annotated[Principal, require("submit")]) -> dict:
     """A new run that reuses this one's recorded outputs before `from_step` and runs live from there."""
     await check_owner(run_id, principal)
     forked = await fork_run(run_id, body.from_step, model=body.model, instructions=body.instructions)
@@ -84,28 +97,28 @@ async def fork(run_id: str, body: RunFork, principal: Annotated[Principal, requi
 
 
 @router.post("/{run_id}/replay", response_model=ReplayReport)
-async def replay(run_id: str) -> dict:
+async def replay(run_id: RunId) -> dict:
     """Run the recorded run's logic again on its recorded outputs (nothing is called): does today's
     code make the same decisions? The upgrade check for pending runs."""
     return await replay_run(run_id)
 
 
 @router.post("/{run_id}/cancel", response_model=RunView)
-async def cancel(run_id: str, principal: Annotated[Principal, require("submit")]) -> dict:
+async def cancel(run_id: RunId, principal: Annotated[Principal, require("submit")]) -> dict:
     """Stop the run and undo its effects, newest first. A finished run is 409."""
     await check_owner(run_id, principal)
     return await cancel_run(run_id)
 
 
 @router.post("/{run_id}/resume", response_model=RunView)
-async def resume(run_id: str, principal: Annotated[Principal, require("submit")]) -> dict:
+async def resume(run_id: RunId, principal: Annotated[Principal, require("submit")]) -> dict:
     """Hand a stopped run (dead-lettered, or on a worker that is gone) to any live worker."""
     await check_owner(run_id, principal)
     return await resume_run(run_id)
 
 
 @router.post("/{run_id}/compensate", response_model=RunView)
-async def compensate(run_id: str, principal: Annotated[Principal, require("submit")]) -> dict:
+async def compensate(run_id: RunId, principal: Annotated[Principal, require("submit")]) -> dict:
     """Retry the compensations that gave up (after fixing what made them fail)."""
     await check_owner(run_id, principal)
     return await retry_failed_compensations(run_id)
@@ -113,12 +126,13 @@ async def compensate(run_id: str, principal: Annotated[Principal, require("submi
 
 @router.get("", response_model=RunPage, responses=errors(400))
 async def read_runs(
-    status: RunStatus | None = None,
-    agent: Annotated[str | None, Query(max_length=200)] = None,
-    created_after: Annotated[AwareDatetime | None, Query(description="Runs created at or after this time (ISO 8601, with a zone)")] = None,
-    created_before: Annotated[AwareDatetime | None, Query(description="Runs created before this time")] = None,
+    # Optional parameters are typed without None, so the document does not offer `null` (a query string cannot carry it).
+    status: RunStatus = None,  # type: ignore[assignment]
+    agent: Annotated[str, Query(max_length=200, pattern=NO_NUL)] = None,  # type: ignore[assignment]
+    created_after: Annotated[Timestamp, Query(description="Runs created at or after this time (ISO 8601, with a zone)")] = None,  # type: ignore[assignment]
+    created_before: Annotated[Timestamp, Query(description="Runs created before this time")] = None,  # type: ignore[assignment]
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[str, Query(max_length=500, pattern=r"^[A-Za-z0-9_=-]*$")] = None,  # type: ignore[assignment]
 ) -> RunPage:
     """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
     runs = await list_runs(status=status, agent=agent, limit=limit, created_after=created_after, created_before=created_before,
