@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     """Larger request bodies are refused with 413."""
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
 
+    queue: str = Field("keel_runs", alias="KEEL_QUEUE", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    """The DBOS queue this worker takes runs from; the workers of one pool share it."""
+    worker_concurrency: int | None = Field(100, alias="KEEL_WORKER_CONCURRENCY", ge=1)
+    """Runs one worker executes at once (waiting ones included); DBOS keeps it with the queue, in `dbos.queues`."""
+    global_concurrency: int | None = Field(None, alias="KEEL_GLOBAL_CONCURRENCY", ge=1)
+    """Runs all workers of the queue execute at once; unset: no limit."""
+    queue_poll_interval: float = Field(0.1, alias="KEEL_QUEUE_POLL_INTERVAL", gt=0)
+    """Seconds between a worker's looks at the queue: the most a queued run waits for a free worker to notice it."""
+
     host: str = Field("127.0.0.1", alias="KEEL_HOST")
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
     sandbox_url: str | None = Field(None, alias="KEEL_SANDBOX_URL")

@@ -25,6 +25,7 @@ from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
 from workflows.approvals import redeliver_decisions
+from workflows.run_queue import RunQueue
 from workflows.workers import beat, take_over_dead_workers
 
 log = logging.getLogger("keel")
@@ -62,7 +63,11 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     for module in filter(None, (m.strip() for m in settings.agent_modules.split(","))):
         importlib.import_module(module)
     DBOS(config=dbos_config(settings, url))
+    queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
+                     global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval)
+    queue.listen()
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
+    await queue.register()  # before the first request, which enqueues on it
     heartbeat = asyncio.create_task(heartbeats(settings))
     announce(settings, url)
     try:
