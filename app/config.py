@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     """Runs all workers of the queue execute at once; unset: no limit."""
     queue_poll_interval: float = Field(0.1, alias="KEEL_QUEUE_POLL_INTERVAL", gt=0)
     """Seconds between a worker's looks at the queue: the most a queued run waits for a free worker to notice it."""
+    model_rate_limit: str | None = Field(None, alias="KEEL_MODEL_RATE_LIMIT", pattern=r"^\d+/\d+(\.\d+)?$")
+    """`requests/seconds` per model endpoint (base URL + model), shared by all workers, e.g. `500/60`."""
+    model_concurrency: int | None = Field(None, alias="KEEL_MODEL_CONCURRENCY", ge=1)
+    """Requests in flight per model endpoint, across all workers."""
 
     host: str = Field("127.0.0.1", alias="KEEL_HOST")
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
@@ -59,6 +63,14 @@ class Settings(BaseSettings):
     def offline(self) -> bool:
         """No model endpoint configured: use the scripted model this service mounts."""
         return self.openai_api_key is None and self.openai_base_url is None
+
+    @property
+    def model_rate(self) -> tuple[int, float] | None:
+        """`KEEL_MODEL_RATE_LIMIT` as (requests, period in seconds)."""
+        if not self.model_rate_limit:
+            return None
+        requests, period = self.model_rate_limit.split("/")
+        return int(requests), float(period)
 
     @property
     def base_url(self) -> str:

@@ -21,7 +21,7 @@ from app.config import Settings, get_settings
 from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
 from app.demo import billing
 from app.routers import approvals, doctor, metrics, runs
-from steps import breaker, db, failpoints, llm
+from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError
 from workflows.approvals import redeliver_decisions
@@ -59,6 +59,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     llm.configure(model, default_model=settings.model_name, prices=settings.model_prices)
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
+    ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
     billing.configure(settings.sandbox_base_url)
     for module in filter(None, (m.strip() for m in settings.agent_modules.split(","))):
         importlib.import_module(module)

@@ -11,7 +11,7 @@ from dbos import DBOS
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 
-from steps import breaker, events, failpoints
+from steps import breaker, events, failpoints, ratelimit
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, RetryPolicy, retrying
 
 # USD per million tokens (input, output); a model not listed costs 0. Override with configure(prices=).
@@ -86,7 +86,12 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
         async def breaker_changed(state: str) -> None:
             await events.record(run_id, step_id, f"breaker_{state}", {"dependency": dependency}, attempt=number)
 
-        async with breaker.guard(dependency, breaker_changed):
+        async def rate_limited(waited: float, limit: str) -> None:
+            await events.record(run_id, step_id, "rate_limited", {"endpoint": endpoint, "limit": limit, "waited": waited}, attempt=number)
+
+        endpoint = f"{client().base_url}#{model}"
+        async with breaker.guard(dependency, breaker_changed), ratelimit.slot(
+                endpoint, run_id=run_id, max_wait=request.retry.max_delay, on_wait=rate_limited, timeout=request.timeout):
             started = time.monotonic()
             completion = await client().chat.completions.create(
                 model=model, messages=request.messages, timeout=request.timeout, **({"tools": request.tools} if request.tools else {}))
