@@ -28,7 +28,7 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 @main.command()
-@click.option("--executor-id", default=None, help="This worker's stable ID (default KEEL_EXECUTOR_ID, else HOST:PORT).")
+@click.option("--executor-id", default=None, help="This worker's stable ID (default KEEL_EXECUTOR_ID, else <hostname>:<port>).")
 @click.option("--host", default=None, help="Interface for its HTTP API, /healthz, /readyz, /metrics (default KEEL_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000); one per worker on a machine.")
 @click.option("--queue", default=None, help="The queue of runs it shares with its pool (default KEEL_QUEUE, keel_runs).")
