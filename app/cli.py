@@ -29,12 +29,33 @@ def main() -> None:
 @click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the Keel service (one worker process)."""
+    run_service(host=host, port=port)
+
+
+@main.command()
+@click.option("--executor-id", default=None, help="This worker's stable ID (default KEEL_EXECUTOR_ID, else <hostname>:<port>).")
+@click.option("--host", default=None, help="Interface for its HTTP API, /healthz, /readyz, /metrics (default KEEL_HOST).")
+@click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000); one per worker on a machine.")
+@click.option("--queue", default=None, help="The queue of runs it shares with its pool (default KEEL_QUEUE, keel_runs).")
+@click.option("--concurrency", "worker_concurrency", default=None, type=int, help="Runs per worker (default KEEL_WORKER_CONCURRENCY, 100).")
+@click.option("--global-concurrency", default=None, type=int, help="Runs across the pool (default KEEL_GLOBAL_CONCURRENCY, no limit).")
+def worker(executor_id: str | None, **options: Any) -> None:
+    """Run one worker of a pool: it takes runs from the queue it shares with the others, and takes
+    over the runs of a worker that died. Start as many as you like, on one machine or many."""
+    settings = get_settings()
+    port = options["port"] or settings.port
+    if executor_id is None and "executor_id" not in settings.model_fields_set:
+        executor_id = f"{settings.executor_id}:{port}"  # distinct per worker on a machine, and the same after a restart
+    run_service(executor_id=executor_id, **options)
+
+
+def run_service(**overrides: Any) -> None:
     import uvicorn
 
     from app.main import create_app
 
     settings = get_settings()
-    settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 

@@ -44,6 +44,18 @@ class Settings(BaseSettings):
     """`keys`: every `/v1` request needs an API key. `off`: none does (local development only)."""
     api_key: SecretStr | None = Field(None, alias="KEEL_API_KEY")
     """The key the CLI sends; absent: the local key `keel serve` wrote under `data_dir`."""
+    queue: str = Field("keel_runs", alias="KEEL_QUEUE", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    """The DBOS queue this worker takes runs from; the workers of one pool share it."""
+    worker_concurrency: int | None = Field(100, alias="KEEL_WORKER_CONCURRENCY", ge=1)
+    """Runs one worker executes at once (waiting ones included); DBOS keeps it with the queue, in `dbos.queues`."""
+    global_concurrency: int | None = Field(None, alias="KEEL_GLOBAL_CONCURRENCY", ge=1)
+    """Runs all workers of the queue execute at once; unset: no limit."""
+    queue_poll_interval: float = Field(0.1, alias="KEEL_QUEUE_POLL_INTERVAL", gt=0)
+    """Seconds between a worker's looks at the queue: the most a queued run waits for a free worker to notice it."""
+    model_rate_limit: str | None = Field(None, alias="KEEL_MODEL_RATE_LIMIT", pattern=r"^\d+/\d+(\.\d+)?$")
+    """`requests/seconds` per model endpoint (base URL + model), shared by all workers, e.g. `500/60`."""
+    model_concurrency: int | None = Field(None, alias="KEEL_MODEL_CONCURRENCY", ge=1)
+    """Requests in flight per model endpoint, across all workers."""
 
     host: str = Field("127.0.0.1", alias="KEEL_HOST")
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
@@ -62,6 +74,14 @@ class Settings(BaseSettings):
     @property
     def local_key_path(self) -> Path:
         return self.data_dir / "api-key"
+
+    @property
+    def model_rate(self) -> tuple[int, float] | None:
+        """`KEEL_MODEL_RATE_LIMIT` as (requests, period in seconds)."""
+        if not self.model_rate_limit:
+            return None
+        requests, period = self.model_rate_limit.split("/")
+        return int(requests), float(period)
 
     @property
     def base_url(self) -> str:

@@ -26,10 +26,11 @@ from app.database import database_url, migrate, migration_head, psycopg_conninfo
 from app.demo import billing
 from app.routers import approvals, doctor, keys, metrics, runs
 from app.schemas import errors
-from steps import breaker, db, failpoints, llm
+from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
+from workflows.run_queue import RunQueue
 from workflows.workers import beat, take_over_dead_workers
 
 log = logging.getLogger("keel")
@@ -63,9 +64,14 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     llm.configure(model, default_model=settings.model_name, prices=settings.model_prices, stream_tokens=settings.stream_tokens)
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
+    ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
     billing.configure(settings.sandbox_base_url)
     DBOS(config=dbos_config(settings, url))
+    queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
+                     global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval)
+    queue.listen()
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
+    await queue.register()  # before the first request, which enqueues on it
     heartbeat = asyncio.create_task(heartbeats(settings))
     announce(settings, url, await local_key(settings))
     try:

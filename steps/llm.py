@@ -12,7 +12,7 @@ from openai import AsyncOpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion
 
-from steps import breaker, events, failpoints, stream
+from steps import breaker, events, failpoints, ratelimit, stream
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, RetryPolicy, retrying
 
 # USD per million tokens (input, output); a model not listed costs 0. Override with configure(prices=).
@@ -90,7 +90,12 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
         async def breaker_changed(state: str) -> None:
             await events.record(run_id, step_id, f"breaker_{state}", {"dependency": dependency}, attempt=number)
 
-        async with breaker.guard(dependency, breaker_changed):
+        async def rate_limited(waited: float, limit: str) -> None:
+            await events.record(run_id, step_id, "rate_limited", {"endpoint": endpoint, "limit": limit, "waited": waited}, attempt=number)
+
+        endpoint = f"{client().base_url}#{model}"
+        async with breaker.guard(dependency, breaker_changed), ratelimit.slot(
+                endpoint, run_id=run_id, max_wait=request.retry.max_delay, on_wait=rate_limited, timeout=request.timeout):
             started = time.monotonic()
             completion = await streamed(TokenFeed(run_id, step_id, number) if _config.stream_tokens else None,
                                         model=model, messages=request.messages, timeout=request.timeout,

@@ -69,9 +69,23 @@ class CircuitOpen(Exception):
         self.retry_after = retry_after
 
 
+class RateLimited(Exception):
+    """A shared provider limit (steps/ratelimit.py) leaves no room for longer than the step waits:
+    no call went out; try after `retry_after` seconds."""
+
+    def __init__(self, endpoint: str, retry_after: float, limit: str) -> None:
+        super().__init__(f"{limit} limit of {endpoint} reached; retry in {retry_after:.1f}s")
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+REFUSED = frozenset({"circuit_open", "rate_limited"})
+"""Failure kinds of calls that never went out: the run waits durably, and the attempt is not used up."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Failure:
-    kind: str  # "transient" | "permanent" | "ask_model" | "circuit_open" | "outage"
+    kind: str  # "transient" | "permanent" | "ask_model" | "circuit_open" | "rate_limited" | "outage"
     type: str
     message: str
     status: int | None = None
@@ -85,6 +99,8 @@ def classify(exc: BaseException) -> Failure:
     name = type(exc).__name__
     if isinstance(exc, CircuitOpen):
         return Failure(kind="circuit_open", type=name, message=str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, RateLimited):
+        return Failure(kind="rate_limited", type=name, message=str(exc), retry_after=exc.retry_after)
     if isinstance(exc, ToolError):
         retry_after = exc.retry_after if isinstance(exc, TransientToolError) else None
         return Failure(kind=exc.kind, type=name, message=exc.message, retry_after=retry_after)
@@ -139,7 +155,7 @@ class AttemptFailed(Exception):
         failure = self.failure
         wait = failure.retry_after or 0.0
         park = (failure.kind == "transient" and wait > policy.max_delay and self.attempt < policy.max_attempts) or (
-            failure.kind == "circuit_open")
+            failure.kind in REFUSED)
         return {"ok": False, "error": failure.as_dict(), "attempts": self.attempt, "park": wait if park else None}
 
 

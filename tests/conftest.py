@@ -95,13 +95,14 @@ def worker_env(database_url: str, model_url: str, api_keys: dict[str, str]) -> d
 @pytest.fixture
 def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..., Worker]]:
     """Start workers with a given executor ID (a restarted worker reuses its ID to recover its runs);
-    they are stopped when the test ends."""
+    they are stopped when the test ends. Each takes runs from a queue named after its ID (unless
+    `KEEL_QUEUE` is given), so a run executes on the worker that started it."""
     started: list[Worker] = []
     counter = itertools.count()
 
     def start(executor_id: str, **env: str) -> Worker:
         log = logs / f"worker-{executor_id}-{next(counter)}.log"
-        worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": executor_id, **env}, log=log).start()
+        worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": executor_id, "KEEL_QUEUE": f"runs-{executor_id}", **env}, log=log).start()
         started.append(worker)
         return worker
 

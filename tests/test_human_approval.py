@@ -5,7 +5,7 @@ from collections.abc import Callable
 import httpx
 import psycopg
 
-from tests.conftest import fetch_value, wait_for_approval, wait_for_run
+from tests.conftest import fetch_value, wait_for_approval, wait_for_row, wait_for_run
 from tests.processes import Worker
 
 
@@ -107,6 +107,7 @@ async def test_a_killed_worker_still_waits_with_the_original_deadline(start_work
         run_id = await start(api, "probe", f'call transfer with {{"customer_id": "{customer}", "amount_cents": 900}}')
         approval_id = (await wait_for_approval(api, run_id))["approval_id"]
     deadline_query = "SELECT output FROM dbos.operation_outputs WHERE workflow_uuid = %s AND function_name = 'DBOS.sleep'"
+    await wait_for_row(db, deadline_query, run_id)  # `awaiting_approval` shows a moment before the wait's checkpoint is written
     deadline = await fetch_value(db, deadline_query, run_id)
     expires_at = await fetch_value(db, "SELECT expires_at FROM keel.approvals WHERE approval_id = %s", approval_id)
 

@@ -14,6 +14,7 @@ from steps import db, stream
 from steps.approvals import cancel_pending_approvals, get_approval
 from steps.compensations import list_compensations
 from steps.errors import UserError
+from workflows import run_queue
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
 from workflows.forks import record_fork
@@ -46,8 +47,8 @@ async def start_run(agent: str, input: str, run_id: str | None = None) -> dict[s
     run_id = run_id or uuid.uuid4().hex
     if not RUN_ID.match(run_id):
         raise UserError(f"run ID must match {RUN_ID.pattern}")
-    with SetWorkflowID(run_id):
-        await DBOS.start_workflow_async(agent_run, {"agent": agent, "input": input})
+    with SetWorkflowID(run_id):  # an existing run ID returns that run, which is then compared
+        await DBOS.enqueue_workflow_async(run_queue.name(), agent_run, {"agent": agent, "input": input})
     run = await run_row(run_id)
     if (run["agent"], run["input"]) != (agent, input):
         raise IdempotencyConflict(f"run {run_id} already exists with a different agent or input")
@@ -94,7 +95,7 @@ async def fork_run(run_id: str, from_step: int, *, model: str | None = None, ins
     fork_id = f"{run_id[:100]}-fork-{uuid.uuid4().hex[:8]}"
     await record_fork(fork_id, run_id, from_step, model, instructions)
     with SetWorkflowID(fork_id):
-        await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version)
+        await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version, queue_name=run_queue.name())
     return await get_run(fork_id)
 
 
@@ -103,7 +104,7 @@ async def resume_run(run_id: str) -> dict[str, Any]:
     run = await get_run(run_id)
     if run["status"] in ("succeeded", "failed", "compensated", "cancelled"):
         raise RunConflict(f"run {run_id} already ended: {run['status']}")
-    await DBOS.resume_workflow_async(run_id)
+    await DBOS.resume_workflow_async(run_id, queue_name=run_queue.name())
     return await get_run(run_id)
 
 

@@ -4,7 +4,8 @@ takes its pending runs over.
 DBOS recovers a worker's runs only when a worker with the same executor ID starts again. A worker
 that died for good would strand them, so the first live worker to notice a stale heartbeat claims
 the dead executor (one UPDATE, so only one claimant) and hands its pending workflows to the queue
-with `DBOS.resume_workflow`; any worker of the same version then runs them from their last step.
+with `DBOS.resume_workflow` on the claimant's run queue; a worker of that queue (and version) then runs
+them from their last step.
 A worker that comes back under the old ID finds nothing of its own to recover."""
 
 import logging
@@ -14,6 +15,7 @@ import socket
 from dbos import DBOS
 
 from steps import db
+from workflows import run_queue
 
 log = logging.getLogger("keel")
 
@@ -42,7 +44,7 @@ async def take_over_dead_workers(executor_id: str, stale_after: float) -> list[s
         dead = [row[0] for row in await (await conn.execute(CLAIM, {"me": executor_id, "stale": stale_after})).fetchall()]
         orphans = [row[0] for executor in dead for row in await (await conn.execute(PENDING, (executor,))).fetchall()]
     for workflow_id in orphans:
-        await DBOS.resume_workflow_async(workflow_id)
+        await DBOS.resume_workflow_async(workflow_id, queue_name=run_queue.name())
     if dead:
         log.warning("took over %d pending workflow(s) of stopped worker(s) %s", len(orphans), ", ".join(dead))
     return orphans

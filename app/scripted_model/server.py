@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from app.scripted_model.faults import FaultKind, FaultRegistry, FaultSpec, Outgo
 from app.scripted_model.planner import first_user_text, message_text, next_reply
 
 MODEL_ID = "scripted"
+REQUEST_LOG_SIZE = 10_000
 # Small pieces so clients really have to reassemble content and arguments from many deltas.
 CONTENT_PIECE_CHARS = 8
 ARGUMENTS_PIECE_CHARS = 10
@@ -48,15 +50,35 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Keel scripted model", description="Offline, deterministic OpenAI-compatible model.")
     app.state.faults = FaultRegistry()
     faults: FaultRegistry = app.state.faults
+    # Every chat request as this server saw it: arrival and end (epoch seconds on its clock), for
+    # checking rate and concurrency limits from the provider's side.
+    requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
+        entry: dict[str, Any] = {"started": time.time(), "finished": None, "first_user": "", "status": None}
+        requests.append(entry)
+        response = await answer(request, entry)
+        entry["status"] = response.status_code
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _finishing(response.body_iterator, entry)
+        else:
+            entry["finished"] = time.time()
+        return response
+
+    @app.get("/requests")
+    async def request_log(match: str | None = None) -> list[dict[str, Any]]:
+        """The chat requests received (the last 10,000), oldest first; `match` filters on the first user message."""
+        return [entry for entry in requests if match is None or match in entry["first_user"]]
+
+    async def answer(request: Request, entry: dict[str, Any]) -> Response:
         try:
             chat = ChatCompletionRequest.model_validate_json(await request.body())
         except ValidationError as error:
             return openai_error(400, _describe_validation_error(error), "invalid_request_error", "invalid_request")
         messages = [message.model_dump() for message in chat.messages]
         first_user = first_user_text(messages)
+        entry["first_user"] = first_user
         delay = faults.claim(FaultKind.DELAY, first_user)
         if delay is not None:
             await asyncio.sleep(delay.spec.seconds)
@@ -89,6 +111,14 @@ def create_app() -> FastAPI:
         return {"cleared": faults.clear()}
 
     return app
+
+
+async def _finishing(chunks: AsyncIterator[Any], entry: dict[str, Any]) -> AsyncIterator[Any]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        entry["finished"] = time.time()
 
 
 def openai_error(status: int, message: str, error_type: str, code: str | None, headers: dict[str, str] | None = None) -> JSONResponse:

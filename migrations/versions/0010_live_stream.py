@@ -25,6 +25,7 @@ SUMMARY_CASE = """
              ELSE ' failed: ' || (e.payload -> 'error' ->> 'message') END
         WHEN 'retry' THEN 'attempt ' || e.attempt || ' failed (' || (e.payload -> 'error' ->> 'message') || '), waiting '
                           || round((e.payload ->> 'wait')::numeric, 2) || ' s'
+        WHEN 'rate_limited' THEN 'waited ' || round((e.payload ->> 'waited')::numeric, 2) || ' s for the ' || (e.payload ->> 'limit') || ' limit'
         WHEN 'parked' THEN 'waiting ' || (e.payload ->> 'seconds') || ' s for ' || (e.payload ->> 'waiting_for')
         WHEN 'approval_requested' THEN (e.payload ->> 'tool') || ' needs approval ' || (e.payload ->> 'approval_id')
         WHEN 'approval_decided' THEN (e.payload ->> 'status') || coalesce(' by ' || (e.payload ->> 'decided_by'), '')

@@ -7,7 +7,7 @@
   if (!body || !window.EventSource) return;
   var state = document.getElementById("live-state");
   var tokens = document.getElementById("live-tokens");
-  var KINDS = ["run_started", "llm_request", "llm_response", "llm_error", "retry", "tool_call", "tool_result", "parked",
+  var KINDS = ["run_started", "llm_request", "llm_response", "llm_error", "retry", "rate_limited", "tool_call", "tool_result", "parked",
     "breaker_open", "breaker_half_open", "breaker_closed", "approval_requested", "approval_escalated", "approval_decided",
     "run_finished", "rollback_started", "compensation_started", "compensation_finished", "compensation_failed", "message"];
   var REFRESH = /^(approval_|run_finished|rollback_|compensation_|parked)/;
