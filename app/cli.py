@@ -37,7 +37,7 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option("--host", default=None, help="Interface for its HTTP API, /healthz, /readyz, /metrics (default KEEL_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000); one per worker on a machine.")
 @click.option("--queue", default=None, help="The queue of runs it shares with its pool (default KEEL_QUEUE, keel_runs).")
-@click.option("--concurrency", "worker_concurrency", default=None, type=int, help="Runs per worker (default KEEL_WORKER_CONCURRENCY, 100).")
+@click.option("--concurrency", "worker_concurrency", default=None, type=int, help="Runs per worker, waiting ones too (default KEEL_WORKER_CONCURRENCY, none).")
 @click.option("--global-concurrency", default=None, type=int, help="Runs across the pool (default KEEL_GLOBAL_CONCURRENCY, no limit).")
 def worker(executor_id: str | None, **options: Any) -> None:
     """Run one worker of a pool: it takes runs from the queue it shares with the others, and takes

@@ -46,10 +46,13 @@ class Settings(BaseSettings):
     """The key the CLI sends; absent: the local key `keel serve` wrote under `data_dir`."""
     queue: str = Field("keel_runs", alias="KEEL_QUEUE", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     """The DBOS queue this worker takes runs from; the workers of one pool share it."""
-    worker_concurrency: int | None = Field(100, alias="KEEL_WORKER_CONCURRENCY", ge=1)
-    """Runs one worker executes at once (waiting ones included); DBOS keeps it with the queue, in `dbos.queues`."""
+    worker_concurrency: int | None = Field(None, alias="KEEL_WORKER_CONCURRENCY", ge=1)
+    """Runs one worker executes at once, waiting ones (for an approval, a sleep) included; unset: no limit.
+    DBOS keeps it with the queue, in `dbos.queues`."""
     global_concurrency: int | None = Field(None, alias="KEEL_GLOBAL_CONCURRENCY", ge=1)
     """Runs all workers of the queue execute at once; unset: no limit."""
+    max_queued_runs: int | None = Field(None, alias="KEEL_MAX_QUEUED_RUNS", ge=1)
+    """New runs are refused with 429 while this many wait in the queue for a worker; unset: no bound."""
     queue_poll_interval: float = Field(0.1, alias="KEEL_QUEUE_POLL_INTERVAL", gt=0)
     """Seconds between a worker's looks at the queue: the most a queued run waits for a free worker to notice it."""
     model_rate_limit: str | None = Field(None, alias="KEEL_MODEL_RATE_LIMIT", pattern=r"^\d+/\d+(\.\d+)?$")

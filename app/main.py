@@ -28,7 +28,7 @@ from app.routers import approvals, doctor, keys, metrics, runs
 from app.schemas import errors
 from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
-from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
+from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
 from workflows.run_queue import RunQueue
 from workflows.workers import beat, take_over_dead_workers
@@ -68,7 +68,8 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     billing.configure(settings.sandbox_base_url)
     DBOS(config=dbos_config(settings, url))
     queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
-                     global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval)
+                     global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval,
+                     max_queued=settings.max_queued_runs)
     queue.listen()
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
     await queue.register()  # before the first request, which enqueues on it
@@ -227,5 +228,9 @@ def add_error_handlers(app: FastAPI) -> None:
             return error(404, "not_found", str(exc))
         if isinstance(exc, (IdempotencyConflict, ApprovalConflict, RunConflict)):
             return error(409, "conflict", str(exc))
+        if isinstance(exc, QueueFull):
+            response = error(429, "too_many_requests", str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         code = "unknown_agent" if isinstance(exc, UnknownAgent) else "invalid_request"
         return error(422, code, str(exc))

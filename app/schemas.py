@@ -45,6 +45,7 @@ ERROR_MEANINGS = {
     404: "No such run, approval or key",
     409: "Conflicts with the current state (a reused idempotency key, a contradicting decision, a finished run)",
     413: "The body is larger than `KEEL_MAX_BODY_BYTES`",
+    429: "Too many runs wait for a worker (`KEEL_MAX_QUEUED_RUNS`): retry after `Retry-After` seconds",
     422: "The request is not valid (the fields at fault are in `details`), or names an unknown agent",
     503: "The database is not reachable; try again shortly",
 }

@@ -51,6 +51,9 @@ class Outcome:
     deduplicated: bool = False
     reconciled: bool = False
 
+    def summary(self, key: str) -> dict[str, Any]:
+        return {"idempotency_key": key, "attempts": self.attempts, "deduplicated": self.deduplicated, "reconciled": self.reconciled}
+
 
 @DBOS.step(name="keel.tool_call", **OUTAGE_RETRIES)
 async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str, key: str | None = None,
@@ -63,7 +66,6 @@ async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: st
     assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
     key = key or tool.business_key(arguments) or f"{run_id}:{step_id}"
     call = Call(tool=tool, key=key, run_id=run_id, step_id=step_id, tool_call_id=tool_call_id, arguments=arguments)
-    await events.record(run_id, step_id, "tool_call", {"tool": tool.name, "idempotency_key": key, "arguments": arguments})
 
     async def on_retry(attempt: int, failure: Failure, wait: float) -> None:
         await events.record(run_id, step_id, "retry", {"tool": tool.name, "error": failure.as_dict(), "wait": wait}, attempt=attempt)
@@ -75,8 +77,9 @@ async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: st
         reply = {**failed.outcome(tool.retry), "idempotency_key": key}
         await events.record(run_id, step_id, "tool_result", {"tool": tool.name, **reply}, attempt=failed.attempt)
         return reply
-    summary = {"idempotency_key": key, "attempts": outcome.attempts, "deduplicated": outcome.deduplicated, "reconciled": outcome.reconciled}
-    await events.record(run_id, step_id, "tool_result", {"tool": tool.name, "ok": True, **summary})
+    summary = outcome.summary(key)
+    if outcome.deduplicated:  # an executed call recorded its result with its outcome
+        await events.record(run_id, step_id, "tool_result", {"tool": tool.name, "ok": True, **summary})
     return {"ok": True, "result": outcome.result, **summary}
 
 
@@ -107,15 +110,20 @@ class Call:
                 async with asyncio.timeout(self.tool.timeout):
                     found = await self.tool.reconciled(ctx) if previous == "started" else None
                     value = found if found is not None else await self.tool.invoke(ctx, self.arguments)
-                await conn.execute(SUCCEED, (Jsonb(value), found is not None, self.key))
+                outcome = Outcome(value, attempts, reconciled=found is not None)
+                await conn.execute(SUCCEED, (Jsonb(value), outcome.reconciled, self.key))
+                await events.record(self.run_id, self.step_id, "tool_result", {"tool": self.tool.name, "ok": True, **outcome.summary(self.key)},
+                                    conn=conn)
         failpoints.hit(f"tool.after_commit:{self.tool.name}")
-        return Outcome(value, attempts, reconciled=found is not None)
+        return outcome
 
     async def _record_intent(self) -> tuple[str, Any, int, str | None]:
         params = {"key": self.key, "run_id": self.run_id, "step_id": self.step_id, "tool": self.tool.name,
                   "tool_call_id": self.tool_call_id, "arguments": Jsonb(self.arguments)}
-        async with db.pool().connection() as conn:
+        async with db.pool().connection() as conn, conn.transaction():  # the intent and the `tool_call` event commit together
             row = await (await conn.execute(RECORD_INTENT, params)).fetchone()
+            await events.record(self.run_id, self.step_id, "tool_call", {"tool": self.tool.name, "idempotency_key": self.key,
+                                                                         "arguments": self.arguments}, conn=conn)
         assert row is not None
         return row[0], row[1], row[2], row[3]
 

@@ -33,6 +33,7 @@ WITH event AS (
 )
 INSERT INTO dbos.streams (workflow_uuid, key, value, "offset", function_id, serialization)
 SELECT %(feed)s, 'keel', json_build_object('event', event.id)::text, {NEXT_OFFSET}, %(function_id)s, 'portable_json' FROM event
+WHERE EXISTS (SELECT 1 FROM dbos.workflow_status WHERE workflow_uuid = %(feed)s)  -- a feed belongs to a workflow (the ledger's own tests have none)
 """
 
 PUBLISH_TOKENS = f"""

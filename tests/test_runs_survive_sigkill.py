@@ -81,9 +81,10 @@ async def test_killed_after_a_database_effect_committed_with_its_ledger_row(star
 
     assert run["status"] == "succeeded", run
     await assert_effects_once(db, customer)
-    deduplicated = await fetch_value(db, """SELECT payload ->> 'deduplicated' FROM keel.events
-                                            WHERE run_id = %s AND kind = 'tool_result' AND payload ->> 'tool' = 'update_plan'""", run_id)
-    assert deduplicated == "true"  # the re-executed step found the outcome and did not run the tool
+    results = await (await db.execute("""SELECT payload ->> 'attempts', payload ->> 'deduplicated' FROM keel.events
+                                          WHERE run_id = %s AND kind = 'tool_result' AND payload ->> 'tool' = 'update_plan'""", (run_id,))).fetchall()
+    assert results == [("1", "false")]  # recorded with the outcome; the re-executed step found it and ran nothing
+    assert (await attempts(db, run_id))["update_plan"] == 1
 
 
 async def test_killed_while_idle_between_steps(start_worker, db, customer: str) -> None:

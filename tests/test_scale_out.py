@@ -22,7 +22,7 @@ FAST_BEATS = {"KEEL_HEARTBEAT_INTERVAL": "0.5"}
 @asynccontextmanager
 async def worker_client(worker: Worker) -> AsyncIterator[httpx.AsyncClient]:
     """A client for one particular worker's API."""
-    async with httpx.AsyncClient(base_url=worker.url, timeout=30) as client:
+    async with worker.client(timeout=30) as client:
         yield client
 
 

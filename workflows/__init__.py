@@ -13,6 +13,7 @@ from workflows.doctor import diagnose
 from workflows.replay import replay_run
 from workflows.runs import (
                             IdempotencyConflict,
+                            QueueFull,
                             RunConflict,
                             RunNotFound,
                             cancel_run,
@@ -38,6 +39,7 @@ __all__ = [
     "RetryPolicy",
     "RunConflict",
     "RunFailed",
+    "QueueFull",
     "RunNotFound",
     "Tool",
     "ToolContext",

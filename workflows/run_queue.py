@@ -13,12 +13,15 @@ from dbos import DBOS
 @dataclass(frozen=True, kw_only=True)
 class RunQueue:
     name: str = "keel_runs"
-    worker_concurrency: int | None = 100
-    """Runs one worker executes at once, those waiting for an approval or a durable sleep included."""
+    worker_concurrency: int | None = None
+    """Runs one worker executes at once, those waiting for an approval or a durable sleep included
+    (so a bound here also bounds how many approvals a worker can wait for); None: no bound."""
     global_concurrency: int | None = None
     """Runs all the queue's workers execute at once; None: no limit."""
     polling_interval: float = 0.1
     """Seconds between a worker's polls: bounds how long a queued run waits while a worker has room."""
+    max_queued: int | None = None
+    """Runs that may wait in the queue before new ones are refused (`QueueFull`); None: no bound."""
 
     def listen(self) -> None:
         """Before `DBOS.launch()`: this process dequeues only from this queue (and DBOS's internal one)."""
@@ -35,6 +38,6 @@ class RunQueue:
 _queue = RunQueue()
 
 
-def name() -> str:
+def current() -> RunQueue:
     """The queue this process enqueues runs on: its own."""
-    return _queue.name
+    return _queue

@@ -41,18 +41,39 @@ class RunNotFound(UserError):
     pass
 
 
+class QueueFull(UserError):
+    """More runs wait in the queue than `max_queued`: the client should come back later."""
+
+    retry_after = 5
+
+
 async def start_run(agent: str, input: str, run_id: str | None = None) -> dict[str, Any]:
     """Start `agent` on `input` as run `run_id` (new ID if None); starting the same ID again is a no-op."""
     get_agent(agent)
     run_id = run_id or uuid.uuid4().hex
     if not RUN_ID.match(run_id):
         raise UserError(f"run ID must match {RUN_ID.pattern}")
+    await refuse_when_full(run_id)
     with SetWorkflowID(run_id):  # an existing run ID returns that run, which is then compared
-        await DBOS.enqueue_workflow_async(run_queue.name(), agent_run, {"agent": agent, "input": input})
+        await DBOS.enqueue_workflow_async(run_queue.current().name, agent_run, {"agent": agent, "input": input})
     run = await run_row(run_id)
     if (run["agent"], run["input"]) != (agent, input):
         raise IdempotencyConflict(f"run {run_id} already exists with a different agent or input")
     return run
+
+
+async def refuse_when_full(run_id: str) -> None:
+    """Backpressure: a new run is refused while the queue holds `max_queued` runs (a known run ID is not new)."""
+    queue = run_queue.current()
+    if queue.max_queued is None:
+        return
+    async with db.pool().connection() as conn:
+        known, queued = await (await conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM dbos.workflow_status WHERE workflow_uuid = %s),
+                      (SELECT count(*) FROM dbos.workflow_status WHERE queue_name = %s AND status = 'ENQUEUED')""",
+            (run_id, queue.name))).fetchone()
+    if not known and queued >= queue.max_queued:
+        raise QueueFull(f"{queued} runs are waiting for a worker (KEEL_MAX_QUEUED_RUNS={queue.max_queued}); try again shortly")
 
 
 async def run_row(run_id: str) -> dict[str, Any]:
@@ -95,7 +116,7 @@ async def fork_run(run_id: str, from_step: int, *, model: str | None = None, ins
     fork_id = f"{run_id[:100]}-fork-{uuid.uuid4().hex[:8]}"
     await record_fork(fork_id, run_id, from_step, model, instructions)
     with SetWorkflowID(fork_id):
-        await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version, queue_name=run_queue.name())
+        await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version, queue_name=run_queue.current().name)
     return await get_run(fork_id)
 
 
@@ -104,7 +125,7 @@ async def resume_run(run_id: str) -> dict[str, Any]:
     run = await get_run(run_id)
     if run["status"] in ("succeeded", "failed", "compensated", "cancelled"):
         raise RunConflict(f"run {run_id} already ended: {run['status']}")
-    await DBOS.resume_workflow_async(run_id, queue_name=run_queue.name())
+    await DBOS.resume_workflow_async(run_id, queue_name=run_queue.current().name)
     return await get_run(run_id)
 
 

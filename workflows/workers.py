@@ -44,7 +44,7 @@ async def take_over_dead_workers(executor_id: str, stale_after: float) -> list[s
         dead = [row[0] for row in await (await conn.execute(CLAIM, {"me": executor_id, "stale": stale_after})).fetchall()]
         orphans = [row[0] for executor in dead for row in await (await conn.execute(PENDING, (executor,))).fetchall()]
     for workflow_id in orphans:
-        await DBOS.resume_workflow_async(workflow_id, queue_name=run_queue.name())
+        await DBOS.resume_workflow_async(workflow_id, queue_name=run_queue.current().name)
     if dead:
         log.warning("took over %d pending workflow(s) of stopped worker(s) %s", len(orphans), ", ".join(dead))
     return orphans

@@ -21,7 +21,7 @@ RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "fail
                     "compensation_failed", "cancelled"]
 
 
-@router.post("", status_code=202, response_model=RunStarted)
+@router.post("", status_code=202, response_model=RunStarted, responses=errors(429))
 async def create_run(body: RunCreate, principal: Annotated[Principal, require("submit")],
                      idempotency_key: Annotated[str, Header(alias="Idempotency-Key", pattern=RUN_ID_PATTERN)] = None,  # type: ignore[assignment]
                      ) -> RunStarted:
