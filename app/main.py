@@ -31,7 +31,7 @@ from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
 from workflows.run_queue import RunQueue
-from workflows.workers import beat, take_over_dead_workers
+from workflows.workers import OrphanWatch, beat, take_over_dead_workers
 
 log = logging.getLogger("keel")
 DEMO_INPUT = "Upgrade customer C-42 to the pro plan"
@@ -88,13 +88,15 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def heartbeats(settings: Settings) -> None:
-    """Tell `keel.workers` this executor is alive, take over the runs of workers that are not, and
-    deliver decisions whose messages were lost."""
+    """Tell `keel.workers` this executor is alive, take over the runs of workers that are not (and
+    this worker's own runs that no task runs any more), and deliver decisions whose messages were lost."""
+    orphans = OrphanWatch()
     while True:
         try:
             await beat(settings.executor_id, settings.app_version)
             # Later than `keel doctor` calls a worker gone: a supervisor restarting it under its own ID is cheaper.
             await take_over_dead_workers(settings.executor_id, stale_after=6 * settings.heartbeat_interval)
+            await orphans.adopt(settings.executor_id)
             await redeliver_decisions(grace=2 * settings.heartbeat_interval)
         except Exception:  # a missed beat is not worth a crash; the next one may go through
             log.exception("heartbeat failed")

@@ -6,13 +6,20 @@ that died for good would strand them, so the first live worker to notice a stale
 the dead executor (one UPDATE, so only one claimant) and hands its pending workflows to the queue
 with `DBOS.resume_workflow` on the claimant's run queue; a worker of that queue (and version) then runs
 them from their last step.
-A worker that comes back under the old ID finds nothing of its own to recover."""
+A worker that comes back under the old ID finds nothing of its own to recover.
+
+A live worker can strand runs too: when a run's task dies in-process without DBOS recording its end
+(DBOS gives up on a database that stays away too long, say), the run stays PENDING on an executor
+that is alive and never recovers it. `OrphanWatch` finds such runs, PENDING here but not running here,
+and hands them to the queue the same way."""
 
 import logging
 import os
 import socket
+from dataclasses import dataclass, field
 
 from dbos import DBOS
+from dbos._dbos import _get_dbos_instance
 
 from steps import db
 from workflows import run_queue
@@ -48,3 +55,29 @@ async def take_over_dead_workers(executor_id: str, stale_after: float) -> list[s
     if dead:
         log.warning("took over %d pending workflow(s) of stopped worker(s) %s", len(orphans), ", ".join(dead))
     return orphans
+
+
+def running_here() -> set[str]:
+    """Workflows this process is executing (or awaiting: a run waiting for an approval is one).
+    DBOS has no public API for this; its registry of active workflows is the truth."""
+    return set(_get_dbos_instance()._active_workflows_set.activeList())
+
+
+@dataclass
+class OrphanWatch:
+    """Runs PENDING on this executor that this process does not run. One seen so in two checks in a
+    row (a beat apart) is an orphan, not a run caught between its dequeue and its start."""
+
+    suspects: set[str] = field(default_factory=set)
+
+    async def adopt(self, executor_id: str) -> list[str]:
+        async with db.pool().connection() as conn:
+            pending = {row[0] for row in await (await conn.execute(PENDING, (executor_id,))).fetchall()}
+        suspects = pending - running_here()
+        orphans = sorted(suspects & self.suspects)
+        self.suspects = suspects - set(orphans)
+        for workflow_id in orphans:
+            await DBOS.resume_workflow_async(workflow_id, queue_name=run_queue.current().name)
+        if orphans:
+            log.warning("requeued %d run(s) pending here that no task runs: %s", len(orphans), ", ".join(orphans))
+        return orphans
