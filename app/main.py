@@ -46,6 +46,9 @@ def dbos_config(settings: Settings, url: str) -> DBOSConfig:
         "serializer": DBOSPortableJSONSerializer(),
         "run_migrations": False,  # `migrate` ran them, before Keel's own that depend on them
         "notification_listener_polling_interval_sec": 0.1,
+        # DBOS makes its executor the loop's default one, and its async checkpoints run there: unbounded,
+        # it grows a thread per concurrent checkpoint call (docs/benchmarks.md, workload 5).
+        "max_executor_threads": 32,
     }
 
 

@@ -5,8 +5,13 @@ closed ──(N consecutive transient failures)──▶ open ──(cool-down o
   └────────────────(probe succeeds)────────────────── (probe fails: open again)
 
 While open no call goes out: the caller gets `CircuitOpen(retry_after)` and the run parks durably.
-The clock is the database's, so every worker sees the same deadlines."""
+The clock is the database's, so every worker sees the same deadlines.
 
+A process that read a clean circuit trusts it for `clean_for` seconds without asking again, until
+its own next failure: the common path costs no query, and another worker's opening of the circuit
+reaches this one within that time."""
+
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,9 +26,12 @@ class BreakerSettings:
     cooldown: float = 30.0
     probe_timeout: float = 10.0
     """A probe that has not reported back in this long (its worker died) lets another one through."""
+    clean_for: float = 1.0
 
 
 _settings = BreakerSettings()
+_clean_until: dict[str, float] = {}
+"""Dependency -> monotonic time until which this process takes its circuit to be clean."""
 
 ADMIT = """
 SELECT state, failures,
@@ -61,11 +69,14 @@ RETURNING new.state, old.state
 def configure(settings: BreakerSettings) -> None:
     global _settings
     _settings = settings
+    _clean_until.clear()
 
 
 async def admit(dependency: str) -> str:
     """Let a call to `dependency` go out, or raise `CircuitOpen`. Returns the state it goes out in:
     "clean" (closed, no recent failure), "closed" (closed, with failures), or "half_open" (a probe)."""
+    if _clean_until.get(dependency, 0.0) > time.monotonic():
+        return "clean"
     params = {"dep": dependency, "probe": _settings.probe_timeout}
     async with db.pool().connection() as conn:
         row = await (await conn.execute(ADMIT, params)).fetchone()
@@ -73,8 +84,11 @@ async def admit(dependency: str) -> str:
             await conn.execute(CREATE, params)
             return "clean"
         state, failures, open_for, probe_stale = row
+        if state == "closed" and failures == 0:
+            _clean_until[dependency] = time.monotonic() + _settings.clean_for
+            return "clean"
         if state == "closed":
-            return "clean" if failures == 0 else "closed"
+            return "closed"
         if state == "open" and open_for is not None and open_for > 0:
             raise CircuitOpen(dependency, float(open_for))
         if state == "open" or probe_stale:
@@ -105,8 +119,10 @@ async def guard(dependency: str, on_change: Callable[[str], Awaitable[None]]) ->
     try:
         yield
     except Exception as exc:
-        if classify(exc).kind == "transient" and (state := await record(dependency, False)):
-            await on_change(state)
+        if classify(exc).kind == "transient":
+            _clean_until.pop(dependency, None)
+            if state := await record(dependency, False):
+                await on_change(state)
         raise
     # A success on a clean circuit changes nothing: no write on the common path.
     if admitted != "clean" and (state := await record(dependency, True)):
