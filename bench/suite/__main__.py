@@ -40,24 +40,38 @@ def machine() -> dict[str, Any]:
             "load_at_start": os.getloadavg()}
 
 
-async def in_process(args: argparse.Namespace, only: set[str], results: dict[str, Any]) -> None:
+def save(results: dict[str, Any], output: Path, started: float) -> None:
+    """Write the JSON and the Markdown now, so a stopped run keeps the workloads it finished."""
+    results["machine"]["load_at_end"] = os.getloadavg()
+    results["wall_s"] = results.get("earlier_wall_s", 0) + time.monotonic() - started
+    output.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    output.write_text(report.render(results))
+
+
+async def in_process(args: argparse.Namespace, only: set[str], results: dict[str, Any], checkpoint: Any) -> None:
     harness = Harness(temporal=not args.no_temporal)
     await harness.start()
+    results["temporal_skipped"] = harness.temporal_skipped
     try:
         if "overhead" in only:
             results["overhead"] = await overhead.step_overhead(harness, args.rounds, args.runs)
+            checkpoint()
         if "commits" in only:
             results["commits"] = await commits.measure(harness, args.commit_runs)
+            checkpoint()
         if "throughput" in only:
             levels = [int(c) for c in args.concurrency.split(",")]
             results["throughput"] = await throughput.measure(harness, levels, args.repeats, args.min_runs, args.large_repeats)
+            checkpoint()
         if "realistic" in only:
             results["realistic"] = await overhead.realistic(harness, args.realistic_rounds, 1)
+            checkpoint()
         if "payload" in only:
             results["payload"] = await payload.measure(harness, [int(t) for t in args.turns.split(",")])
+            checkpoint()
         if "profile" in only:
             results["profile"] = await profile.measure(harness, args.profile_seconds, Path(args.profile_dir))
-        results["temporal_skipped"] = harness.temporal_skipped
+            checkpoint()
     finally:
         await harness.stop()
 
@@ -78,11 +92,13 @@ def main() -> None:
     parser.add_argument("--many-latency", type=float, help="workload 5: model latency, seconds")
     parser.add_argument("--recovery-runs", type=int, help="workload 6: pending runs")
     parser.add_argument("--recovery-tools", type=int, help="workload 6: tool calls per run")
+    parser.add_argument("--recovery-timeout", type=float, default=1800, help="workload 6: give up (and report how far it got) after this")
     parser.add_argument("--turns", help="workload 7: comma-separated conversation lengths")
     parser.add_argument("--profile-seconds", type=float, help="py-spy sampling time per variant")
     parser.add_argument("--profile-dir", default=str(ROOT / ".keel" / "bench-profiles"))
     parser.add_argument("--no-temporal", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--merge", action="store_true", help="add these workloads' results to the existing JSON file (a run in parts)")
     parser.add_argument("--render", metavar="JSON", help="only write the Markdown again from a results file (docs/benchmarks.json)")
     args = parser.parse_args()
     if args.render:
@@ -93,23 +109,32 @@ def main() -> None:
             setattr(args, key, value)
     only = set(args.only.split(","))
     started = time.monotonic()
+    output = Path(args.output)
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "args": vars(args), "machine": machine(),
                                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if args.merge and output.with_suffix(".json").exists():  # add to an earlier invocation's results
+        earlier = json.loads(output.with_suffix(".json").read_text())
+        results = {**earlier, **{k: v for k, v in results.items() if k in ("machine",)}, "earlier_wall_s": earlier.get("wall_s", 0)}
+        results["machine"]["load_at_start"] = earlier["machine"]["load_at_start"]
+        results.setdefault("invocations", []).append({"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "only": sorted(only),
+                                                      "args": vars(args)})
+
+    def checkpoint() -> None:
+        save(results, output, started)
+
     print(f"Keel benchmark suite ({results['mode']}): {', '.join(w for w in WORKLOADS if w in only)}", flush=True)
     if only & {"overhead", "commits", "throughput", "realistic", "payload", "profile"}:
-        asyncio.run(in_process(args, only, results))
+        asyncio.run(in_process(args, only, results, checkpoint))
     logs = processes.log_dir()
     if "many" in only and not only & {"overhead", "commits", "throughput", "realistic", "payload", "profile"}:
         prepare_keel_database()
     if "many" in only:
         results["many"] = processes.many_runs(KEEL_DB, [int(n) for n in args.many.split(",")], args.many_latency, logs)
+        checkpoint()
     if "recovery" in only:
-        results["recovery"] = processes.recovery(args.recovery_runs, args.recovery_tools, logs)
-    results["machine"]["load_at_end"] = os.getloadavg()
-    results["wall_s"] = time.monotonic() - started
-    output = Path(args.output)
-    output.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
-    output.write_text(report.render(results))
+        results["recovery"] = processes.recovery(args.recovery_runs, args.recovery_tools, logs, timeout=args.recovery_timeout)
+        checkpoint()
+    checkpoint()
     print(f"\nwrote {output} and {output.with_suffix('.json')} in {results['wall_s'] / 60:.1f} min (worker logs in {logs})", flush=True)
 
 

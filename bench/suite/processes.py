@@ -100,7 +100,7 @@ DISPATCHED = "SELECT count(*) FROM dbos.workflow_status WHERE workflow_uuid LIKE
 FINISHED = "SELECT count(*) FROM dbos.workflow_status WHERE workflow_uuid LIKE 'rec-%' AND status = 'SUCCESS'"
 
 
-def recovery(runs: int, tools: int, logs: Path, timeout: float = 1200) -> dict[str, Any]:
+def recovery(runs: int, tools: int, logs: Path, timeout: float = 1800) -> dict[str, Any]:
     """`runs` runs, each waiting in its first model call, SIGKILL the worker, start it again (same executor)."""
     print(f"workload 6: recovery of {runs} pending runs ({tools}-tool agent): creating them", flush=True)
     url = fresh_database(RECOVERY_DB)
@@ -126,8 +126,12 @@ def recovery(runs: int, tools: int, logs: Path, timeout: float = 1200) -> dict[s
         next_print = 0.0
         while "finished_s" not in marks:
             elapsed = time.monotonic() - restarted
-            if elapsed > timeout:
-                raise TimeoutError(f"recovery not done after {timeout}s: {marks}")
+            if elapsed > timeout:  # report how far it got rather than nothing
+                marks["gave_up_s"] = elapsed
+                marks["reached"] = {"dispatched": count(RECOVERY_DB, DISPATCHED), "resumed": count(RECOVERY_DB, RESUMED),
+                                    "finished": count(RECOVERY_DB, FINISHED)}
+                print(f"  gave up after {elapsed:.0f} s: {marks['reached']}", flush=True)
+                break
             for name, sql in (("dispatched_s", DISPATCHED), ("resumed_s", RESUMED), ("finished_s", FINISHED)):
                 if name not in marks and count(RECOVERY_DB, sql) >= runs:
                     marks[name] = time.monotonic() - restarted
@@ -142,8 +146,8 @@ def recovery(runs: int, tools: int, logs: Path, timeout: float = 1200) -> dict[s
     result = {"runs": runs, "tools": tools, "create_s": submitted["seconds"], "worker_startup_s": launched["t"], **marks,
               "peak_rss_mb": max([e["peak_rss_mb"] for e in alive] or [launched["peak_rss_mb"]]),
               "threads": max([e["threads"] for e in alive] or [0])}
-    print(f"  all dispatched {marks.get('dispatched_s', float('nan')):.1f} s, resumed {marks['resumed_s']:.1f} s, "
-          f"finished {marks['finished_s']:.1f} s after the restart", flush=True)
+    print(f"  all dispatched {marks.get('dispatched_s', float('nan')):.1f} s, resumed {marks.get('resumed_s', float('nan')):.1f} s, "
+          f"finished {marks.get('finished_s', float('nan')):.1f} s after the restart", flush=True)
     return result
 
 

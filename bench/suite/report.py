@@ -48,7 +48,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                      verdict(lv["keel_over_langgraph"]["median"] >= 1.0)))
     rec = r.get("recovery")
     if rec:
-        rows.append((f"recovery: all {rec['runs']:,} pending runs resumed within 60 s", f"{rec['resumed_s']:.1f} s", verdict(rec["resumed_s"] <= 60)))
+        resumed = rec.get("resumed_s")
+        rows.append((f"recovery: all {rec['runs']:,} pending runs resumed within 60 s",
+                     f"{resumed:.1f} s" if resumed is not None else f"not all after {rec.get('gave_up_s', 0):.0f} s: {rec.get('reached')}",
+                     verdict(resumed is not None and resumed <= 60)))
     return rows
 
 
@@ -60,6 +63,8 @@ def render(r: dict[str, Any]) -> str:
            f"{m['cpus']} CPUs ({m['cpu']}), PostgreSQL {m['postgres']} on the same machine, Python {m['python']}. "
            f"Load average at start {m['load_at_start'][0]:.2f}, at end {m['load_at_end'][0]:.2f} (the CPU is shared with other work). "
            f"The whole suite took {r['wall_s'] / 60:.1f} min.", ""]
+    for inv in r.get("invocations", []):
+        out += [f"Added by a later invocation ({inv['started']}, `--merge --only {','.join(inv['only'])}`).", ""]
     if r["mode"] == "quick":
         out += ["> **QUICK mode**: small sizes, a smoke test. The figures are noisy and the sizes are not the issue's.", ""]
     out += ["Every figure is the median of several measurements with (min–max); every comparison is a ratio of measurements taken "
@@ -190,8 +195,9 @@ def recovery_section(r: dict[str, Any]) -> list[str]:
             "| milestone | seconds after restart |", "|---|---|",
             f"| worker launched (imports, DBOS launch incl. its recovery scan) | {rec['launched_s']:.1f} |",
             f"| all runs dispatched again (`recovery_attempts` ≥ 2) | {rec.get('dispatched_s', float('nan')):.1f} |",
-            f"| all runs resumed (their interrupted model call completed) | {rec['resumed_s']:.1f} |",
-            f"| all runs finished | {rec['finished_s']:.1f} |", "",
+            f"| all runs resumed (their interrupted model call completed) | {rec.get('resumed_s', float('nan')):.1f} |",
+            f"| all runs finished | {rec.get('finished_s', float('nan')):.1f} |", "",
+            *([f"The measurement gave up after {rec['gave_up_s']:.0f} s with {rec['reached']} of {rec['runs']:,}.", ""] if "gave_up_s" in rec else []),
             f"Worker after the restart: {rec['threads']} threads, peak RSS {rec['peak_rss_mb']:.0f} MB. One measurement (a full kill and restart).", ""]
 
 
