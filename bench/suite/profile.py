@@ -91,6 +91,9 @@ async def measure(harness: Harness, seconds: float, out_dir: Path, concurrency: 
                 pass
         if not path.exists():
             return {"skipped": f"py-spy produced no profile (exit {spy.returncode}); it needs ptrace permission"}
+        from bench.suite.analysis import frame_shares
+
         result[variant] = summarise(path)
         result[variant]["runs"] = runs
+        result[variant]["frames"] = frame_shares(str(path))
     return result

@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+from bench.suite import analysis
 from bench.suite.stats import fmt
 
 NAMES = {"plain": "plain Python loop (floor)", "raw_dbos": "raw DBOS (async workflow, 15 async steps)",
@@ -73,7 +74,7 @@ def render(r: dict[str, Any]) -> str:
                 if k not in ("only", "output", "profile_dir", "quick", "no_temporal") and v is not None) + ".", ""]
     out += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in targets(r)]
-    out += [""]
+    out += [""] + analysis.section(r)
     out += overhead_section(r) + commits_section(r) + throughput_section(r) + realistic_section(r) + many_section(r)
     out += recovery_section(r) + payload_section(r) + profile_section(r) + method_section(r)
     return "\n".join(out) + "\n"
@@ -224,7 +225,8 @@ def profile_section(r: dict[str, Any]) -> list[str]:
     if "skipped" in p:
         return ["## Profile", "", f"Skipped: {p['skipped']}", ""]
     out = ["## Profile: where the per-step CPU goes", "",
-           f"py-spy (200 Hz, idle threads excluded) on the benchmark process for {p['seconds']:.0f} s per variant while it runs the 14-step "
+           f"py-spy (200 Hz, `--gil`: only samples of the thread holding the GIL, i.e. the process's Python CPU) on the benchmark process "
+           f"for {p['seconds']:.0f} s per variant while it runs the 14-step "
            f"agent at concurrency {p['concurrency']}. Samples are attributed to the innermost frame's package.", "",
            "| package | " + " | ".join(NAMES[v] for v in ("keel", "raw_dbos", "langgraph")) + " |", "|---|---|---|---|"]
     groups = list(dict.fromkeys(g for v in ("keel", "raw_dbos", "langgraph") for g in p[v]["by_package"]))
@@ -233,9 +235,9 @@ def profile_section(r: dict[str, Any]) -> list[str]:
     for v in ("keel", "raw_dbos"):
         out += ["", f"{NAMES[v]}: {p[v]['samples']} samples, {p[v]['runs']} runs. Top functions by self time:", "",
                 "| % | function |", "|---|---|"]
-        out += [f"| {pct} | `{f}` |" for f, pct in p[v]["top_self"][:12]]
+        out += [f"| {pct} | `{f}` |" for f, pct in p[v]["top_self"][:10]]
         out += ["", "Inclusive time of DBOS / Keel frames:", "", "| % | function |", "|---|---|"]
-        out += [f"| {pct} | `{f}` |" for f, pct in p[v]["top_inclusive"][:12]]
+        out += [f"| {pct} | `{f}` |" for f, pct in p[v]["top_inclusive"][:10]]
     return out + [""]
 
 
