@@ -73,8 +73,9 @@ def section(r: dict[str, Any]) -> list[str]:
         kt = census["keel"]["transactions_per_run"]["per_step"]
         rt = census["raw_dbos"]["transactions_per_run"]["per_step"]
         out += [f"**Commits.** DBOS alone costs {rt['llm']:.1f} transactions per step in the client's count (one to read the step's "
-                "checkpoint and the workflow's status, one to write the checkpoint), and `xact_commit` counts about two more per step: "
-                "DBOS checks out a pooled connection twice per step with `pool_pre_ping`, and each ping is a transaction of its own. "
+                "checkpoint and the workflow's status, one to write the checkpoint), and `xact_commit` counts about two more per step, as "
+                "many as DBOS's pool checkouts per step, each of which first runs `pool_pre_ping`'s `SELECT 1` (the likely source; not "
+                "isolated here). "
                 f"Keel adds to that: per LLM step {kt['llm']:.1f} transactions ({kw['llm']:.1f} writing): the checkpoint, then the "
                 "`llm_request` and `llm_response` events each in an autocommit transaction of its own, and a breaker read; per tool step "
                 f"{kt['tool']:.1f} ({kw['tool']:.1f} writing): the checkpoint, the `tool_call` event, the ledger intent, the ledger "

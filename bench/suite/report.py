@@ -71,7 +71,7 @@ def render(r: dict[str, Any]) -> str:
     out += ["Every figure is the median of several measurements with (min–max); every comparison is a ratio of measurements taken "
             "side by side, interleaved, in the same invocation. Sizes used: " + ", ".join(
                 f"`--{k.replace('_', '-')} {v}`" for k, v in r["args"].items()
-                if k not in ("only", "output", "profile_dir", "quick", "no_temporal") and v is not None) + ".", ""]
+                if k not in ("only", "output", "profile_dir", "quick", "no_temporal", "merge", "render") and v is not None) + ".", ""]
     out += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in targets(r)]
     out += [""] + analysis.section(r)
@@ -144,11 +144,12 @@ def throughput_section(r: dict[str, Any]) -> list[str]:
     if not t:
         return []
     out = ["## 3. Throughput (14-step agent, instant model and tools, one process)", "",
-           f"Runs started at once, at most *concurrency* in flight; {t['repeats']} interleaved repeats per level.", "",
-           "| concurrency | runs | variant | runs/s | steps/s |", "|---|---|---|---|---|"]
+           "Runs started at once, at most *concurrency* in flight; the variants interleaved, repeated (the median of the repeats, min–max).", "",
+           "| concurrency | runs | repeats | variant | runs/s | steps/s |", "|---|---|---|---|---|---|"]
     for c, lv in t["levels"].items():
         for n in ("raw_dbos", "keel", "langgraph"):
-            out.append(f"| {c} | {lv['runs']} | {NAMES[n]} | {fmt(lv['runs_per_s'][n], 1)} | {fmt(lv['steps_per_s'][n], 0)} |")
+            out.append(f"| {c} | {lv['runs']} | {lv.get('repeats', t['repeats'])} | {NAMES[n]} | {fmt(lv['runs_per_s'][n], 1)} | "
+                       f"{fmt(lv['steps_per_s'][n], 0)} |")
     out += ["", "| concurrency | Keel / LangGraph | raw DBOS / LangGraph | Keel / raw DBOS |", "|---|---|---|---|"]
     for c, lv in t["levels"].items():
         out.append(f"| {c} | {fmt(lv['keel_over_langgraph'])} | {fmt(lv['raw_dbos_over_langgraph'])} | {fmt(lv['keel_over_raw_dbos'])} |")
