@@ -74,8 +74,7 @@ def section(r: dict[str, Any]) -> list[str]:
         rt = census["raw_dbos"]["transactions_per_run"]["per_step"]
         out += [f"**Commits.** DBOS alone costs {rt['llm']:.1f} transactions per step in the client's count (one to read the step's "
                 "checkpoint and the workflow's status, one to write the checkpoint), and `xact_commit` counts about two more per step, as "
-                "many as DBOS's pool checkouts per step, each of which first runs `pool_pre_ping`'s `SELECT 1` (the likely source; not "
-                "isolated here). "
+                "many as DBOS's pool checkouts per step, each of which first runs `pool_pre_ping`'s `SELECT 1`" + ping_sentence(r) + ". "
                 f"Keel adds to that: per LLM step {kt['llm']:.1f} transactions ({kw['llm']:.1f} writing): the checkpoint, then the "
                 "`llm_request` and `llm_response` events each in an autocommit transaction of its own, and a breaker read; per tool step "
                 f"{kt['tool']:.1f} ({kw['tool']:.1f} writing): the checkpoint, the `tool_call` event, the ledger intent, the ledger "
@@ -156,6 +155,14 @@ def recommendations() -> list[str]:
                   "stated (≤ 1 per LLM step, ≤ 2 per tool step in `xact_commit`): DBOS's own step protocol already costs about 4 there. "
                   "Nor do they make one Python process do 1,000 concurrent runs at 1.5× the ideal: that needs about 1,250 steps/s, ten "
                   "times what raw DBOS does here; it needs more worker processes (and cores), or a cheaper checkpoint in DBOS itself.", ""]
+
+
+def ping_sentence(r: dict[str, Any]) -> str:
+    p = r.get("ping")
+    if not p:
+        return " (the likely source; not isolated in this run)"
+    return (f" (isolated in `bench/suite/ping.py`: a checkpoint-like read and write cost {p['with']['commits']:.2f} commits with "
+            f"`pool_pre_ping` and {p['without']['commits']:.2f} without)")
 
 
 def what_if_sentence(m: dict[str, Any]) -> str:
