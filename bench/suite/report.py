@@ -252,7 +252,9 @@ def method_section(r: dict[str, Any]) -> list[str]:
             "- **The 14-step agent**: 7 model turns each asking for one tool call (7 + 7 = 14 steps) and a final answer (an 8th model "
             "call): 15 model and tool calls per run; per-step figures divide by 15.",
             "- **Variants** (`bench/suite/variants.py`): the plain async loop (the floor); raw DBOS, an async `@DBOS.workflow` with one "
-            "async `@DBOS.step` per model call and per tool call; Keel, a real `workflows.Agent` with a `@tool`, run through "
+            "async `@DBOS.step` per model call and per tool call; raw DBOS sync, the same as a sync workflow with sync steps and the sync "
+            "`openai.OpenAI` client on the same endpoint (DBOS runs it on its thread pool; the caller waits from a thread), to see what "
+            "async steps cost; Keel, a real `workflows.Agent` with a `@tool`, run through "
             "`keel.agent_run` with Keel's own DBOS configuration (portable JSON serializer, pinned version) and pools, launched in-process "
             "the way `app.main`'s lifespan does (no HTTP server, no heartbeats); LangGraph, a two-node `StateGraph` compiled with "
             "`AsyncPostgresSaver` over a psycopg pool of the same size as Keel's, invoked with `durability=\"sync\"`; Temporal, a workflow "
@@ -263,5 +265,10 @@ def method_section(r: dict[str, Any]) -> list[str]:
             "- **Commits**: `pg_stat_database.xact_commit` for `keel_bench`, read after 11 s of quiet (PostgreSQL 15 backends flush their "
             "counters at most once a second and when idle within 10 s), minus DBOS's idle background rate measured over a 20 s idle window. "
             "Three agent shapes separate model steps, tool steps and the per-run fixed part (see `bench/suite/commits.py`).",
+            "- **Census**: statements and transactions per run counted in the client (`bench/suite/census.py`) explain the commit "
+            "figures and separate writing transactions from read-only ones; `bench/suite/ping.py` isolates what DBOS's `pool_pre_ping` "
+            "adds to `xact_commit`.",
+            "- **Noise**: the machine's two cores were shared with other test runs throughout (see the load averages above), so absolute "
+            "milliseconds vary between invocations; the ratios, commit counts, statement counts and bytes are the figures to compare.",
             "- **Many runs** and **recovery** use worker processes of their own (`bench/suite/worker.py`), SIGKILLed for real in workload 6.",
             f"- Temporal: {'ran' if not r.get('temporal_skipped') else 'skipped: ' + str(r['temporal_skipped'])}.", ""]
