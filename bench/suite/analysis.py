@@ -110,7 +110,7 @@ def section(r: dict[str, Any]) -> list[str]:
                 f"latency-bound, so the {m['ideal_s']:.0f} s ideal needs {steps / (1.5 * m['ideal_s']):.0f} steps/s within 1.5×. Threads grow "
                 "with the runs because DBOS installs its executor, unbounded unless `max_executor_threads` is set, as the event loop's "
                 "default executor: each concurrent `asyncio.to_thread` of a checkpoint read or write can start a thread. "
-                + what_if_sentence(m), ""]
+                + what_if_sentence(m) + timeouts_sentence(big.get("pool_timeouts")), ""]
     rec = r.get("recovery")
     if rec and (rec.get("resumed_s") is None or rec["resumed_s"] > 60):
         took = f"{rec['resumed_s']:.0f} s" if rec.get("resumed_s") is not None else f"more than {rec.get('gave_up_s', 0):.0f} s"
@@ -119,7 +119,8 @@ def section(r: dict[str, Any]) -> list[str]:
                 "rising in steps), and each resumed run then re-executes its interrupted model step and replays the rest from its "
                 "checkpoints at the same CPU-bound step rate as workload 3, so the time grows linearly with the number of runs. Meeting "
                 "60 s for 10,000 runs needs about 170 resumed runs per second on this machine; fewer statements per step (changes 1–4 "
-                "below) help in proportion, more worker processes (each recovering its own executor's runs) multiply.", ""]
+                "below) help in proportion, more worker processes (each recovering its own executor's runs) multiply."
+                + timeouts_sentence(rec.get("pool_timeouts")), ""]
     return out + recommendations()
 
 
@@ -148,6 +149,12 @@ RECOMMENDATIONS = [
      "Keel's messages are already plain JSON, so post them with `client.post('/chat/completions', body=..., cast_to=ChatCompletion)` "
      "(timeouts and error classes unchanged).",
      "the openai share of an LLM step's CPU (≈20 % of Keel's GIL time at instant latency), growing with the conversation"),
+    ("`workflows/runs.py` `start_run`, `app/main.py` (queue registration)",
+     "Admission control: start runs on a registered DBOS queue with `worker_concurrency` sized to the pools (recovered runs go back "
+     "to their queue, so a restart with 10,000 pending runs no longer starts them all at once), or bound the steps' database work "
+     "per worker with a semaphore sized to `KEEL_DB_POOL_SIZE`.",
+     "no `PoolTimeout` thrash at 1,000 runs or in a 10,000-run recovery: completion time set by throughput, not by 30 s timeouts and "
+     "retry backoff"),
 ]
 
 
@@ -160,6 +167,14 @@ def recommendations() -> list[str]:
                   "stated (≤ 1 per LLM step, ≤ 2 per tool step in `xact_commit`): DBOS's own step protocol already costs about 4 there. "
                   "Nor do they make one Python process do 1,000 concurrent runs at 1.5× the ideal: that needs about 1,250 steps/s, ten "
                   "times what raw DBOS does here; it needs more worker processes (and cores), or a cheaper checkpoint in DBOS itself.", ""]
+
+
+def timeouts_sentence(n: int | None) -> str:
+    if not n:
+        return ""
+    return (f" The worker's log has {n:,} `PoolTimeout`s: with every run in flight at once, steps wait more than 30 s for one of "
+            "Keel's 10 pooled connections (in `events.record`, `breaker.admit`, the ledger) and DBOS retries them with backoff "
+            "(`OUTAGE_RETRIES`), so the worker thrashes instead of queueing (change 6 below).")
 
 
 def ping_sentence(r: dict[str, Any]) -> str:

@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RECOVERY_DB = "keel_bench_recovery"
 
 
+def pool_timeouts(log: Path) -> int:
+    """How many times the worker's steps gave up waiting for one of Keel's pooled connections (each is retried)."""
+    return log.read_text(errors="replace").count("PoolTimeout: couldn't get a connection") if log.exists() else 0
+
+
 class WorkerProcess:
     def __init__(self, *args: str, log: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -78,9 +83,10 @@ def many_runs(database: str, runs_list: list[int], latency: float, logs: Path, w
         worker = WorkerProcess("many", "--database", database, "--runs", str(runs), "--latency", str(latency), *extra,
                                "--executor", f"bench-many-{runs}{'-whatif' if overrides else ''}", log=logs / f"many-{runs}.log")
         try:
-            done = worker.wait_for("done", 900)
+            done = worker.wait_for("done", 1800)
         finally:
             worker.stop()
+        done["pool_timeouts"] = pool_timeouts(logs / f"many-{runs}.log")
         done["over_ideal"] = done["elapsed_s"] / result["ideal_s"]
         done["what_if"] = bool(overrides)
         print(f"  {runs} runs done in {done['elapsed_s']:.1f} s ({done['over_ideal']:.2f}x ideal), threads {done['idle_threads']} idle -> "
@@ -143,7 +149,8 @@ def recovery(runs: int, tools: int, logs: Path, timeout: float = 1800) -> dict[s
         alive = [e for e in second.events if e["event"] == "alive"]
     finally:
         second.stop()
-    result = {"runs": runs, "tools": tools, "create_s": submitted["seconds"], "worker_startup_s": launched["t"], **marks,
+    result = {"runs": runs, "tools": tools, "create_s": submitted["seconds"],
+              "pool_timeouts": pool_timeouts(logs / "recovery-resume.log"), "worker_startup_s": launched["t"], **marks,
               "peak_rss_mb": max([e["peak_rss_mb"] for e in alive] or [launched["peak_rss_mb"]]),
               "threads": max([e["threads"] for e in alive] or [0])}
     print(f"  all dispatched {marks.get('dispatched_s', float('nan')):.1f} s, resumed {marks.get('resumed_s', float('nan')):.1f} s, "
