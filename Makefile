@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean bench
 
 install: $(VENV)/.installed
 
@@ -24,3 +24,8 @@ lint: install
 clean:
 	-$(BIN)/keel stop-database
 	rm -rf $(VENV) .keel
+
+# The benchmark suite (issue 8): writes docs/benchmarks.md. `make bench QUICK=1` for a fast smoke run.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	PYTHONPATH=. $(BIN)/python -m bench.suite $(if $(QUICK),--quick,) $(BENCH_ARGS)

@@ -1,0 +1,206 @@
+"""The "why" under the targets table: each missed target explained from the figures of the same
+invocation (census, profile, what-ifs), and the changes to Keel's core those figures support."""
+
+from typing import Any
+
+# Frames whose inclusive share of GIL time says who spends the CPU (substring of py-spy's frame names).
+FRAMES = {
+    "DBOS checkpoint write (`record_operation_result`)": "record_operation_result (dbos",
+    "DBOS checkpoint read (`check_operation_execution`)": "check_operation_execution (dbos",
+    "DBOS pool pre-ping (`do_ping`)": "do_ping",
+    "openai client (`AsyncCompletions.create`)": "AsyncCompletions.create",
+    "Keel ledger (`steps/ledger.py` `Call.attempt` + `_record_intent`)": "(steps/ledger.py",
+    "Keel events (`steps/events.py` `record`)": "record (steps/events.py",
+    "Keel breaker (`steps/breaker.py` `admit`/`record`)": "(steps/breaker.py",
+    "Keel `fork_overrides` (`workflows/forks.py`)": "fork_overrides",
+}
+
+
+def frame_shares(path: str) -> dict[str, float]:
+    from pathlib import Path
+
+    total, counts = 0, dict.fromkeys(FRAMES, 0)
+    for line in Path(path).read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(n)
+        for label, needle in FRAMES.items():
+            if needle in stack:
+                counts[label] += int(n)
+    return {label: round(100 * c / max(total, 1), 1) for label, c in counts.items()}
+
+
+def stored_shares(r: dict[str, Any], variant: str) -> dict[str, float]:
+    from pathlib import Path
+
+    path = Path(r["args"].get("profile_dir", "")) / f"{variant}.collapsed.txt"
+    return frame_shares(str(path)) if path.is_file() else {}
+
+
+def statements(census: dict[str, Any], variant: str) -> dict[str, float]:
+    """Statements per run of the 14-step agent grouped by what sends them."""
+    groups = {"DBOS checkpoints": 0.0, "Keel events": 0.0, "Keel ledger": 0.0, "Keel breaker": 0.0, "Keel other": 0.0}
+    for who, sql, n in census[variant]["statements_agent_14"]:
+        if who == "DBOS":
+            groups["DBOS checkpoints"] += n
+        elif "keel.events" in sql:
+            groups["Keel events"] += n
+        elif "keel.tool_calls" in sql:
+            groups["Keel ledger"] += n
+        elif "open_until" in sql or "keel.breakers" in sql:
+            groups["Keel breaker"] += n
+        else:
+            groups["Keel other"] += n
+    return {k: round(v, 1) for k, v in groups.items() if v}
+
+
+def section(r: dict[str, Any]) -> list[str]:
+    out = ["## Why the targets are missed, and what would close the gaps", ""]
+    o, c, p, m, t = r.get("overhead"), r.get("commits"), r.get("profile"), r.get("many"), r.get("throughput")
+    census = c.get("census") if c else None
+    if o and census:
+        keel_over = o["overhead_ms_per_step"]["keel"]["median"]
+        raw_over = o["overhead_ms_per_step"]["raw_dbos"]["median"]
+        k_st, r_st = census["keel"]["statements_per_run"]["per_run"]["agent_14"], census["raw_dbos"]["statements_per_run"]["per_run"]["agent_14"]
+        out += [f"**Per-step cost.** Over the plain loop, raw DBOS adds {raw_over:.1f} ms per step and Keel {keel_over:.1f} ms (medians). "
+                f"Keel sends {k_st:.0f} statements per run of the 14-step agent where raw DBOS sends {r_st:.0f}: "
+                + ", ".join(f"{k} {v:g}" for k, v in statements(census, "keel").items()) + ". "
+                "Every one is a round trip to PostgreSQL, a pool checkout and, for DBOS's, a hop to a thread (`asyncio.to_thread`); on two "
+                "cores shared by the Python process and PostgreSQL, the time per step tracks the statements per step.", ""]
+    if census:
+        kw = census["keel"]["write_transactions_per_run"]["per_step"]
+        kt = census["keel"]["transactions_per_run"]["per_step"]
+        rt = census["raw_dbos"]["transactions_per_run"]["per_step"]
+        out += [f"**Commits.** DBOS alone costs {rt['llm']:.1f} transactions per step in the client's count (one to read the step's "
+                "checkpoint and the workflow's status, one to write the checkpoint), and `xact_commit` counts about two more per step, as "
+                "many as DBOS's pool checkouts per step, each of which first runs `pool_pre_ping`'s `SELECT 1`" + ping_sentence(r) + ". "
+                f"Keel adds to that: per LLM step {kt['llm']:.1f} transactions ({kw['llm']:.1f} writing): the checkpoint, then the "
+                "`llm_request` and `llm_response` events each in an autocommit transaction of its own, and a breaker read; per tool step "
+                f"{kt['tool']:.1f} ({kw['tool']:.1f} writing): the checkpoint, the `tool_call` event, the ledger intent, the ledger "
+                "transaction (lock, run, outcome), the `tool_result` event, a breaker read. Events never share the ledger's transaction "
+                "today although `events.record(conn=...)` exists for it. With DBOS's step protocol (its own engine, a read and a write per "
+                "step) ≤ 1 commit per LLM step is below DBOS's own floor in `xact_commit`; in writing transactions it is reachable only if "
+                "Keel's LLM events stop being rows of their own (derived from the JSON checkpoints), and ≤ 2 per tool step only if the "
+                "tool events ride in the intent and outcome transactions.", ""]
+    if p and "keel" in p and "skipped" not in p:
+        out += [f"**Where the CPU goes** (py-spy, GIL-holding samples, concurrency {p['concurrency']}; share of samples whose stack contains "
+                "the frame):", "", "| frame | Keel | raw DBOS |", "|---|---|---|"]
+        shares = {v: p[v].get("frames") or stored_shares(r, v) for v in ("keel", "raw_dbos")}
+        for label in FRAMES:
+            out.append(f"| {label} | {shares['keel'].get(label, 0):.1f} % | {shares['raw_dbos'].get(label, 0):.1f} % |")
+        out += ["", "DBOS's checkpoint read and write are the largest single cost in both (SQLAlchemy statement compilation, psycopg, "
+                "the thread hop); the openai client's request transformation (`_async_transform_recursive`, a walk over every message "
+                "of the conversation on every call) is the next, and it grows with the conversation. Keel's own statements (ledger, "
+                "events, breaker) are the difference between the two columns.", ""]
+    if t and "32" in t["levels"]:
+        lv = t["levels"]["32"]
+        out += [f"**Throughput.** At concurrency 32 Keel does {lv['keel_over_langgraph']['median']:.2f}× LangGraph's runs per second and "
+                f"raw DBOS {lv['raw_dbos_over_langgraph']['median']:.2f}×. LangGraph's `AsyncPostgresSaver` writes a checkpoint per node in "
+                "one pipelined round trip on an async connection (no thread hop, no pre-ping, no separate read of the step's checkpoint); "
+                "it pays for that in payload (workload 7: its checkpoints carry the whole history, so bytes per turn grow with the "
+                "conversation).", ""]
+    if m:
+        plain = {k: v for k, v in m["levels"].items() if not v.get("what_if")}
+        top = max(plain, key=int)
+        big = plain[top]
+        steps = int(top) * 15
+        out += [f"**{top} concurrent runs.** They need {steps:,} model/tool steps; done in {big['elapsed_s']:.0f} s that is "
+                f"{steps / big['elapsed_s']:.0f} steps/s, against Keel's {keel_rate(t)} steps/s in workload 3 (one process, instant model): "
+                f"the worker is CPU-bound, not latency-bound, and below even that rate; the {m['ideal_s']:.0f} s ideal needs "
+                f"{steps / (1.5 * m['ideal_s']):.0f} steps/s within 1.5×. Threads grow "
+                "with the runs because DBOS installs its executor, unbounded unless `max_executor_threads` is set, as the event loop's "
+                "default executor: each concurrent `asyncio.to_thread` of a checkpoint read or write can start a thread. "
+                + what_if_sentence(m) + timeouts_sentence(big.get("pool_timeouts")), ""]
+    rec = r.get("recovery")
+    if rec and (rec.get("resumed_s") is None or rec["resumed_s"] > 60):
+        took = f"{rec['resumed_s']:.0f} s" if rec.get("resumed_s") is not None else f"more than {rec.get('gave_up_s', 0):.0f} s"
+        out += [f"**Recovery.** Resuming all {rec['runs']:,} runs took {took}. DBOS finds the pending runs at launch and re-enqueues "
+                "them; its queue hands them back to the worker in batches (the progress lines of `make bench` show the dispatched count "
+                "rising in steps), and each resumed run then re-executes its interrupted model step and replays the rest from its "
+                f"checkpoints ({rec['runs'] * (2 * rec['tools'] + 3) / rec['finished_s']:.0f} DBOS steps/s until all finished, "
+                f"against Keel's {keel_rate(t)} model/tool steps/s in workload 3), so the time grows linearly with the number of runs. Meeting "
+                "60 s for 10,000 runs needs about 170 resumed runs per second on this machine; fewer statements per step (changes 1–4 "
+                "below) help in proportion, more worker processes (each recovering its own executor's runs) multiply."
+                + timeouts_sentence(rec.get("pool_timeouts")), ""]
+    return out + recommendations()
+
+
+RECOMMENDATIONS = [
+    ("`steps/ledger.py` `Call.attempt`/`_record_intent`, `steps/llm.py` `llm_step`, `steps/events.py`",
+     "Write events in the transactions that already exist: `tool_call` in the intent's transaction, `tool_result` in the ledger "
+     "transaction (`events.record(..., conn=conn)`), and `llm_request` + `llm_response` as one two-row INSERT after the call (or derive "
+     "the LLM events from the step's JSON checkpoint in `dbos.operation_outputs` with a view).",
+     "−2 transactions per tool step, −1 (−2 if derived) per LLM step: about 2 of Keel's ~5 extra statements per step"),
+    ("`steps/breaker.py` `guard`/`admit`",
+     "Keep a closed breaker's state in process: skip the SELECT while this process has seen no failure of the dependency and its "
+     "last read is younger than a second or so; read (and share) the state after any local failure.",
+     "−1 statement per model and tool call (15 per run of the 14-step agent)"),
+    ("`workflows/agent_loop.py` `AgentRun.loop`, `workflows/forks.py` `fork_overrides`",
+     "Record `run_started` and `run_finished` inside the first and last model steps (or with the workflow's output) instead of two "
+     "`keel.event` DBOS steps; read `keel.forks` only for a fork (a flag in the request that `fork_run` sets).",
+     "−2 DBOS steps (8 statements + 2 inserts) and −1 SELECT per run"),
+    ("`app/main.py` `dbos_config`",
+     "Set `max_executor_threads` (e.g. 32): DBOS makes its executor the loop's default, so unbounded it grows a thread per concurrent "
+     "checkpoint call (workload 5's what-if). Consider `db_engine_kwargs={'pool_pre_ping': False}`: DBOS pings before each of its two "
+     "checkouts per step (`do_ping` in the profile, ~2 `xact_commit` per step); check with `bench/chaos.py` that a PostgreSQL restart "
+     "is still absorbed by DBOS's `db_retry` and Keel's `OUTAGE_RETRIES`.",
+     "threads flat in the number of runs; up to −2 round trips per DBOS step"),
+    ("`steps/llm.py` `attempt`",
+     "The openai client re-walks every message of the request with its typed transform (`_async_transform_recursive`) on every call; "
+     "Keel's messages are already plain JSON, so post them with `client.post('/chat/completions', body=..., cast_to=ChatCompletion)` "
+     "(timeouts and error classes unchanged).",
+     "the openai share of an LLM step's CPU (≈20 % of Keel's GIL time at instant latency), growing with the conversation"),
+    ("`workflows/runs.py` `start_run`, `app/main.py` (queue registration)",
+     "Admission control: start runs on a registered DBOS queue with `worker_concurrency` sized to the pools (recovered runs go back "
+     "to their queue, so a restart with 10,000 pending runs no longer starts them all at once), or bound the steps' database work "
+     "per worker with a semaphore sized to `KEEL_DB_POOL_SIZE`.",
+     "no `PoolTimeout` thrash at 1,000 runs or in a 10,000-run recovery: completion time set by throughput, not by 30 s timeouts and "
+     "retry backoff"),
+]
+
+
+def recommendations() -> list[str]:
+    out = ["### Changes to Keel's core these figures support, ranked by expected gain", "",
+           "| # | where | change | expected gain |", "|---|---|---|---|"]
+    out += [f"| {i} | {where} | {what} | {gain} |" for i, (where, what, gain) in enumerate(RECOMMENDATIONS, 1)]
+    return out + ["", "1–3 remove about 3.5 of the ~5 statements per step that Keel adds to raw DBOS (census above); at roughly one "
+                  "round trip's cost each, that brings Keel within about 1.2× raw DBOS per step. They do not reach the commit targets as "
+                  "stated (≤ 1 per LLM step, ≤ 2 per tool step in `xact_commit`): DBOS's own step protocol already costs about 4 there. "
+                  "Nor do they make one Python process do 1,000 concurrent runs at 1.5× the ideal: that needs about 1,250 steps/s, ten "
+                  "times what raw DBOS does here; it needs more worker processes (and cores), or a cheaper checkpoint in DBOS itself.", ""]
+
+
+def keel_rate(t: dict[str, Any] | None) -> str:
+    if not t:
+        return "?"
+    return "–".join(f"{lv['steps_per_s']['keel']['median']:.0f}" for lv in (min(t["levels"].values(), key=lambda x: x["runs"]),
+                                                                          max(t["levels"].values(), key=lambda x: x["runs"])))
+
+
+def timeouts_sentence(n: int | None) -> str:
+    if not n:
+        return ""
+    return (f" The worker's log has {n:,} `PoolTimeout`s: with every run in flight at once, steps wait more than 30 s for one of "
+            "Keel's 10 pooled connections (in `events.record`, `breaker.admit`, the ledger) and DBOS retries them with backoff "
+            "(`OUTAGE_RETRIES`), so the worker thrashes instead of queueing (change 6 below).")
+
+
+def ping_sentence(r: dict[str, Any]) -> str:
+    p = r.get("ping")
+    if not p:
+        return " (the likely source; not isolated in this run)"
+    return (f" (isolated in `bench/suite/ping.py`: a checkpoint-like read and write cost {p['with']['commits']:.2f} commits with "
+            f"`pool_pre_ping` and {p['without']['commits']:.2f} without)")
+
+
+def what_if_sentence(m: dict[str, Any]) -> str:
+    wi = [(k, v) for k, v in m["levels"].items() if v.get("what_if")]
+    if not wi:
+        return ""
+    label, d = wi[0]
+    base = m["levels"].get(label.split(" ")[0])
+    if not base:
+        return ""
+    return (f"With `{m['what_if']}` ({label.split(' ')[0]} runs): peak threads {base['peak_threads']} → {d['peak_threads']}, "
+            f"done in {base['elapsed_s']:.1f} s → {d['elapsed_s']:.1f} s.")

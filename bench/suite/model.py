@@ -1,0 +1,74 @@
+"""The one "model" every variant talks to: an in-process, OpenAI-compatible Chat Completions
+endpoint behind an `httpx.MockTransport`, reached through the real `openai.AsyncOpenAI` client.
+
+So every variant pays the same client cost (request building, JSON, response parsing) and no
+variant pays for a model server's CPU on this 2-core machine. The script: the first user message
+says `tools=N`; the model asks for one `work` tool call per turn until N tool results are in the
+conversation (`per_turn=K` asks for K calls per turn), then answers `done`. `latency` seconds are slept (asyncio) before each reply."""
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import httpx
+from openai import AsyncOpenAI, OpenAI
+
+TOOLS_IN_INPUT = re.compile(r"tools=(\d+)")
+PER_TURN_IN_INPUT = re.compile(r"per_turn=(\d+)")
+TOOL_SCHEMA = {"type": "function", "function": {
+    "name": "work", "description": "Do one unit of work.",
+    "parameters": {"type": "object", "properties": {"n": {"type": "integer", "description": "Which unit."}}, "required": ["n"]}}}
+
+
+class ScriptedModel:
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.calls = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return self.reply(request)
+
+    def handle_sync(self, request: httpx.Request) -> httpx.Response:
+        if self.latency:
+            time.sleep(self.latency)
+        return self.reply(request)
+
+    def reply(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        body = json.loads(request.content)
+        messages = body["messages"]
+        first_user = next(m["content"] for m in messages if m["role"] == "user")
+        wanted = int(TOOLS_IN_INPUT.search(first_user).group(1))  # type: ignore[union-attr]
+        done = sum(1 for m in messages if m["role"] == "tool")
+        per_turn = int(m.group(1)) if (m := PER_TURN_IN_INPUT.search(first_user)) else 1
+        if done < wanted:
+            calls = range(done, min(wanted, done + per_turn))
+            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{n}", "type": "function", "function": {"name": "work", "arguments": json.dumps({"n": n})}} for n in calls]}
+            finish = "tool_calls"
+        else:
+            message, finish = {"role": "assistant", "content": "done"}, "stop"
+        return httpx.Response(200, json={
+            "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": 10 * len(messages), "completion_tokens": 10, "total_tokens": 10 * len(messages) + 10}})
+
+    def client(self) -> AsyncOpenAI:
+        transport = httpx.MockTransport(self.handle)
+        return AsyncOpenAI(base_url="http://scripted.bench/v1", api_key="bench", max_retries=0,
+                           http_client=httpx.AsyncClient(transport=transport, base_url="http://scripted.bench/v1"))
+
+    def sync_client(self) -> OpenAI:
+        """The same endpoint for synchronous code (the raw DBOS sync variant)."""
+        transport = httpx.MockTransport(self.handle_sync)
+        return OpenAI(base_url="http://scripted.bench/v1", api_key="bench", max_retries=0,
+                      http_client=httpx.Client(transport=transport, base_url="http://scripted.bench/v1"))
+
+
+def tool_result(n: int) -> dict[str, int]:
+    """What the `work` tool returns, in every variant."""
+    return {"n": n, "ok": 1}

@@ -1,0 +1,122 @@
+"""A Keel worker process for the workloads that need a process of their own (5: many runs; 6: recovery).
+
+    python -m bench.suite.worker many --database keel_bench --runs 1000 --latency 1
+    python -m bench.suite.worker load --database keel_bench_recovery --runs 10000    (then SIGKILL it)
+    python -m bench.suite.worker resume --database keel_bench_recovery               (DBOS recovers at launch)
+
+It prints one JSON line per milestone on stdout."""
+
+import argparse
+import asyncio
+import json
+import resource
+import threading
+import time
+
+import psutil
+
+from bench.suite import variants as v
+from bench.suite.model import ScriptedModel
+from bench.suite.setup import KeelProcess, url_of
+
+STARTED = time.monotonic()
+
+
+def say(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, "t": round(time.monotonic() - STARTED, 3), **fields}), flush=True)
+
+
+class Sampler(threading.Thread):
+    """Peak OS threads of this process, every 100 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process()
+        self.peak = 0
+
+    def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.process.num_threads())
+            time.sleep(0.1)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def override_dbos_config(overrides: dict[str, object]) -> None:
+    """A what-if: Keel's DBOS configuration with some keys changed (in this benchmark process only)."""
+    from bench.suite import setup
+
+    original = setup.dbos_config
+    setup.dbos_config = lambda settings, url: {**original(settings, url), **overrides}  # type: ignore[assignment]
+
+
+async def launch(database: str, latency: float, executor: str) -> KeelProcess:
+    model = ScriptedModel(latency)
+    keel = KeelProcess(url_of(database), model, executor_id=executor)
+    v.MODEL["client"] = model.client()
+    await keel.start()
+    return keel
+
+
+async def many(args: argparse.Namespace) -> None:
+    keel = await launch(args.database, args.latency, args.executor)
+    await v.keel_run("tools=0")  # warm up
+    sampler = Sampler()
+    sampler.start()
+    await asyncio.sleep(1)
+    idle_threads = psutil.Process().num_threads()
+    prompt = f"tools={args.tools}"
+    started = time.monotonic()
+    ids = await asyncio.gather(*(v.keel_start(prompt) for _ in range(args.runs)))
+    submitted = time.monotonic() - started
+    from dbos import DBOS
+
+    await asyncio.gather(*[(await DBOS.retrieve_workflow_async(i)).get_result() for i in ids])
+    elapsed = time.monotonic() - started
+    say("done", runs=args.runs, elapsed_s=elapsed, submitted_s=submitted, idle_threads=idle_threads, peak_threads=sampler.peak,
+        peak_rss_mb=peak_rss_mb())
+    await keel.stop()
+
+
+async def load(args: argparse.Namespace) -> None:
+    await launch(args.database, 3600.0, args.executor)  # the model never answers: every run stays in its first model call
+    say("launched")
+    gate = asyncio.Semaphore(64)
+
+    async def start(i: int) -> None:
+        async with gate:
+            await v.keel_start(f"tools={args.tools}", run_id=f"rec-{i:06d}")
+
+    started = time.monotonic()
+    await asyncio.gather(*(start(i) for i in range(args.runs)))
+    say("submitted", runs=args.runs, seconds=time.monotonic() - started)
+    await asyncio.Event().wait()
+
+
+async def resume(args: argparse.Namespace) -> None:
+    await launch(args.database, 0.0, args.executor)  # DBOS.launch() finds this executor's pending runs
+    say("launched", peak_rss_mb=peak_rss_mb())
+    while True:
+        await asyncio.sleep(5)
+        say("alive", threads=psutil.Process().num_threads(), peak_rss_mb=peak_rss_mb())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["many", "load", "resume"])
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--tools", type=int, default=7)
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--executor", default="bench-worker")
+    parser.add_argument("--dbos-overrides", default="", help="JSON merged into Keel's DBOS configuration (a what-if)")
+    args = parser.parse_args()
+    if args.dbos_overrides:
+        override_dbos_config(json.loads(args.dbos_overrides))
+    asyncio.run({"many": many, "load": load, "resume": resume}[args.mode](args))
+
+
+if __name__ == "__main__":
+    main()
