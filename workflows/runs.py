@@ -17,7 +17,7 @@ from steps.errors import UserError
 from workflows import run_queue
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
-from workflows.forks import record_fork
+from workflows.forks import fork_id, record_fork
 from workflows.saga import retry_compensations, start_rollback
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -113,11 +113,11 @@ async def fork_run(run_id: str, from_step: int, *, model: str | None = None, ins
                                           (run_id,))).fetchone())[0] or 0
     if not 1 <= from_step <= last + 1:
         raise UserError(f"from_step must be between 1 and {last + 1} for run {run_id}")
-    fork_id = f"{run_id[:100]}-fork-{uuid.uuid4().hex[:8]}"
-    await record_fork(fork_id, run_id, from_step, model, instructions)
-    with SetWorkflowID(fork_id):
+    new_id = fork_id(run_id)
+    await record_fork(new_id, run_id, from_step, model, instructions)
+    with SetWorkflowID(new_id):
         await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version, queue_name=run_queue.current().name)
-    return await get_run(fork_id)
+    return await get_run(new_id)
 
 
 async def resume_run(run_id: str) -> dict[str, Any]:
