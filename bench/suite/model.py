@@ -52,10 +52,13 @@ class ScriptedModel:
             finish = "tool_calls"
         else:
             message, finish = {"role": "assistant", "content": "done"}, "stop"
+        usage = {"prompt_tokens": 10 * len(messages), "completion_tokens": 10, "total_tokens": 10 * len(messages) + 10}
+        if body.get("stream"):  # Keel always streams (its live feed); the others ask for the whole reply
+            return streamed(body["model"], message, finish, usage)
         return httpx.Response(200, json={
             "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": 10 * len(messages), "completion_tokens": 10, "total_tokens": 10 * len(messages) + 10}})
+            "usage": usage})
 
     def client(self) -> AsyncOpenAI:
         transport = httpx.MockTransport(self.handle)
@@ -67,6 +70,19 @@ class ScriptedModel:
         transport = httpx.MockTransport(self.handle_sync)
         return OpenAI(base_url="http://scripted.bench/v1", api_key="bench", max_retries=0,
                       http_client=httpx.Client(transport=transport, base_url="http://scripted.bench/v1"))
+
+
+def streamed(model: str, message: dict[str, Any], finish: str, usage: dict[str, int]) -> httpx.Response:
+    """The same reply as Server-Sent Events: one delta with the whole message, the finish, the usage."""
+    delta = {**message, "tool_calls": [{"index": i, **call} for i, call in enumerate(message.get("tool_calls") or [])] or None}
+
+    def chunk(choices: list[dict[str, Any]], with_usage: dict[str, int] | None = None) -> str:
+        return "data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": model,
+                                      "choices": choices, "usage": with_usage}) + "\n\n"
+
+    body = (chunk([{"index": 0, "delta": delta, "finish_reason": None}]) + chunk([{"index": 0, "delta": {}, "finish_reason": finish}])
+            + chunk([], usage) + "data: [DONE]\n\n")
+    return httpx.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
 
 
 def tool_result(n: int) -> dict[str, int]:
