@@ -62,8 +62,8 @@ async def test_a_fork_can_change_the_instructions(api: httpx.AsyncClient, db: ps
 
 async def test_a_fork_point_outside_the_run_is_refused(api: httpx.AsyncClient, customer: str) -> None:
     original = await upgrade(api, customer)
-    assert (await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": 999})).status_code == 422
-    assert (await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": 0})).status_code == 422
+    assert (await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": 999})).status_code == 409  # past this run's steps
+    assert (await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": 0})).status_code == 422  # not a step at all
     assert (await api.post("/v1/runs/nope/fork", json={"from_step": 1})).status_code == 404
 
 

@@ -112,7 +112,7 @@ async def fork_run(run_id: str, from_step: int, *, model: str | None = None, ins
         last = (await (await conn.execute("SELECT max(function_id) FROM dbos.operation_outputs WHERE workflow_uuid = %s",
                                           (run_id,))).fetchone())[0] or 0
     if not 1 <= from_step <= last + 1:
-        raise UserError(f"from_step must be between 1 and {last + 1} for run {run_id}")
+        raise RunConflict(f"from_step must be between 1 and {last + 1} for run {run_id}")
     new_id = fork_id(run_id)
     await record_fork(new_id, run_id, from_step, model, instructions)
     with SetWorkflowID(new_id):
