@@ -76,13 +76,12 @@ def section(r: dict[str, Any]) -> list[str]:
                 "checkpoint and the workflow's status, one to write the checkpoint), and `xact_commit` counts about two more per step, as "
                 "many as DBOS's pool checkouts per step, each of which first runs `pool_pre_ping`'s `SELECT 1`" + ping_sentence(r) + ". "
                 f"Keel adds to that: per LLM step {kt['llm']:.1f} transactions ({kw['llm']:.1f} writing): the checkpoint, then the "
-                "`llm_request` and `llm_response` events each in an autocommit transaction of its own, and a breaker read; per tool step "
-                f"{kt['tool']:.1f} ({kw['tool']:.1f} writing): the checkpoint, the `tool_call` event, the ledger intent, the ledger "
-                "transaction (lock, run, outcome), the `tool_result` event, a breaker read. Events never share the ledger's transaction "
-                "today although `events.record(conn=...)` exists for it. With DBOS's step protocol (its own engine, a read and a write per "
-                "step) ≤ 1 commit per LLM step is below DBOS's own floor in `xact_commit`; in writing transactions it is reachable only if "
-                "Keel's LLM events stop being rows of their own (derived from the JSON checkpoints), and ≤ 2 per tool step only if the "
-                "tool events ride in the intent and outcome transactions.", ""]
+                "`llm_request` and `llm_response` events each in an autocommit transaction of its own; per tool step "
+                f"{kt['tool']:.1f} ({kw['tool']:.1f} writing): the checkpoint, the ledger intent with the `tool_call` event in one "
+                "transaction, and the ledger transaction (lock, run, outcome, `tool_result` event). A clean circuit breaker is read at "
+                "most once a second per process. With DBOS's step protocol (its own engine, a read and a write per step) ≤ 1 commit per "
+                "LLM step is below DBOS's own floor in `xact_commit`; in writing transactions it is reachable only if Keel's LLM events "
+                "stop being rows of their own (derived from the JSON checkpoints).", ""]
     if p and "keel" in p and "skipped" not in p:
         out += [f"**Where the CPU goes** (py-spy, GIL-holding samples, concurrency {p['concurrency']}; share of samples whose stack contains "
                 "the frame):", "", "| frame | Keel | raw DBOS |", "|---|---|---|"]
@@ -128,20 +127,20 @@ def section(r: dict[str, Any]) -> list[str]:
 
 RECOMMENDATIONS = [
     ("`steps/ledger.py` `Call.attempt`/`_record_intent`, `steps/llm.py` `llm_step`, `steps/events.py`",
-     "Write events in the transactions that already exist: `tool_call` in the intent's transaction, `tool_result` in the ledger "
+     "DONE for tools (2026-11-26). Write events in the transactions that already exist: `tool_call` in the intent's transaction, `tool_result` in the ledger "
      "transaction (`events.record(..., conn=conn)`), and `llm_request` + `llm_response` as one two-row INSERT after the call (or derive "
      "the LLM events from the step's JSON checkpoint in `dbos.operation_outputs` with a view).",
      "−2 transactions per tool step, −1 (−2 if derived) per LLM step: about 2 of Keel's ~5 extra statements per step"),
     ("`steps/breaker.py` `guard`/`admit`",
-     "Keep a closed breaker's state in process: skip the SELECT while this process has seen no failure of the dependency and its "
+     "DONE (2026-11-26). Keep a closed breaker's state in process: skip the SELECT while this process has seen no failure of the dependency and its "
      "last read is younger than a second or so; read (and share) the state after any local failure.",
      "−1 statement per model and tool call (15 per run of the 14-step agent)"),
     ("`workflows/agent_loop.py` `AgentRun.loop`, `workflows/forks.py` `fork_overrides`",
      "Record `run_started` and `run_finished` inside the first and last model steps (or with the workflow's output) instead of two "
-     "`keel.event` DBOS steps; read `keel.forks` only for a fork (a flag in the request that `fork_run` sets).",
+     "`keel.event` DBOS steps; read `keel.forks` only for a fork (DONE 2026-11-26: a fork's run ID carries `-fork-`).",
      "−2 DBOS steps (8 statements + 2 inserts) and −1 SELECT per run"),
     ("`app/main.py` `dbos_config`",
-     "Set `max_executor_threads` (e.g. 32): DBOS makes its executor the loop's default, so unbounded it grows a thread per concurrent "
+     "Set `max_executor_threads` (DONE 2026-11-26: 32): DBOS makes its executor the loop's default, so unbounded it grows a thread per concurrent "
      "checkpoint call (workload 5's what-if). Consider `db_engine_kwargs={'pool_pre_ping': False}`: DBOS pings before each of its two "
      "checkouts per step (`do_ping` in the profile, ~2 `xact_commit` per step); check with `bench/chaos.py` that a PostgreSQL restart "
      "is still absorbed by DBOS's `db_retry` and Keel's `OUTAGE_RETRIES`.",
@@ -152,7 +151,8 @@ RECOMMENDATIONS = [
      "(timeouts and error classes unchanged).",
      "the openai share of an LLM step's CPU (≈20 % of Keel's GIL time at instant latency), growing with the conversation"),
     ("`workflows/runs.py` `start_run`, `app/main.py` (queue registration)",
-     "Admission control: start runs on a registered DBOS queue with `worker_concurrency` sized to the pools (recovered runs go back "
+     "Admission control (the queue exists since 2026-11-26: `KEEL_WORKER_CONCURRENCY`, unbounded by default because waiting runs hold "
+     "slots): start runs on a registered DBOS queue with `worker_concurrency` sized to the pools (recovered runs go back "
      "to their queue, so a restart with 10,000 pending runs no longer starts them all at once), or bound the steps' database work "
      "per worker with a semaphore sized to `KEEL_DB_POOL_SIZE`.",
      "no `PoolTimeout` thrash at 1,000 runs or in a 10,000-run recovery: completion time set by throughput, not by 30 s timeouts and "
@@ -164,7 +164,9 @@ def recommendations() -> list[str]:
     out = ["### Changes to Keel's core these figures support, ranked by expected gain", "",
            "| # | where | change | expected gain |", "|---|---|---|---|"]
     out += [f"| {i} | {where} | {what} | {gain} |" for i, (where, what, gain) in enumerate(RECOMMENDATIONS, 1)]
-    return out + ["", "1–3 remove about 3.5 of the ~5 statements per step that Keel adds to raw DBOS (census above); at roughly one "
+    return out + ["", "Workloads 5 (many runs), 6 (recovery) and the profile were measured before the changes marked DONE; workloads 1–4 "
+                  "after them (see each part's date at the top). "
+                  "1–3 remove about 3.5 of the ~5 statements per step that Keel adds to raw DBOS (census above); at roughly one "
                   "round trip's cost each, that brings Keel within about 1.2× raw DBOS per step. They do not reach the commit targets as "
                   "stated (≤ 1 per LLM step, ≤ 2 per tool step in `xact_commit`): DBOS's own step protocol already costs about 4 there. "
                   "Nor do they make one Python process do 1,000 concurrent runs at 1.5× the ideal: that needs about 1,250 steps/s, ten "
