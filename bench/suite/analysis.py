@@ -107,9 +107,10 @@ def section(r: dict[str, Any]) -> list[str]:
         out += [f"**{top} concurrent runs.** They need {steps:,} model/tool steps; done in {big['elapsed_s']:.0f} s that is "
                 f"{steps / big['elapsed_s']:.0f} steps/s, against Keel's {keel_rate(t)} steps/s in workload 3 (one process, instant model): "
                 f"the worker is CPU-bound, not latency-bound, and below even that rate; the {m['ideal_s']:.0f} s ideal needs "
-                f"{steps / (1.5 * m['ideal_s']):.0f} steps/s within 1.5×. Threads grow "
-                "with the runs because DBOS installs its executor, unbounded unless `max_executor_threads` is set, as the event loop's "
-                "default executor: each concurrent `asyncio.to_thread` of a checkpoint read or write can start a thread. "
+                f"{steps / (1.5 * m['ideal_s']):.0f} steps/s within 1.5×. DBOS installs its executor as the event loop's default "
+                "executor, so each concurrent `asyncio.to_thread` of a checkpoint read or write can start a thread; unbounded, threads "
+                "grew with the runs (93 at 100 runs, 988 at 1,000, before 2026-11-26), and Keel now caps it (`max_executor_threads`: 32), "
+                "which keeps them flat but queues the checkpoints behind 32 threads. "
                 + what_if_sentence(m) + timeouts_sentence(big.get("pool_timeouts")), ""]
     rec = r.get("recovery")
     if rec and (rec.get("resumed_s") is None or rec["resumed_s"] > 60):
@@ -164,7 +165,7 @@ def recommendations() -> list[str]:
     out = ["### Changes to Keel's core these figures support, ranked by expected gain", "",
            "| # | where | change | expected gain |", "|---|---|---|---|"]
     out += [f"| {i} | {where} | {what} | {gain} |" for i, (where, what, gain) in enumerate(RECOMMENDATIONS, 1)]
-    return out + ["", "Workloads 5 (many runs), 6 (recovery) and the profile were measured before the changes marked DONE; workloads 1–4 "
+    return out + ["", "Workload 6 (recovery) and the profile were measured before the changes marked DONE; workloads 1–5 "
                   "after them (see each part's date at the top). "
                   "1–3 remove about 3.5 of the ~5 statements per step that Keel adds to raw DBOS (census above); at roughly one "
                   "round trip's cost each, that brings Keel within about 1.2× raw DBOS per step. They do not reach the commit targets as "
