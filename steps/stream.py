@@ -18,7 +18,6 @@ from psycopg.types.json import Jsonb
 
 from steps import db
 
-KEY = "keel"
 OTHER_WORKFLOW = 2**31 - 1
 """`function_id` of rows written by a run's undo calls: above any step, so a fork never copies them."""
 
