@@ -23,7 +23,8 @@ from app.database import migrate, psycopg_conninfo, start_embedded_postgres, sto
 from steps import db as steps_db
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
-TEST_DATABASE = "keel_test"
+TEST_DATABASE = os.environ.get("KEEL_TEST_DATABASE", "keel_test")
+"""Several checkouts sharing one server each set their own (`KEEL_TEST_DATABASE`), so they never drop each other's."""
 AGENT_MODULES = "app.demo.billing,tests.agents"
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)

@@ -15,7 +15,7 @@ from schemathesis import GenerationMode
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import AGENT_MODULES, fresh_database, make_key
+from tests.conftest import AGENT_MODULES, TEST_DATABASE, fresh_database, make_key
 from tests.processes import Worker
 
 EXAMPLES = int(os.environ.get("KEEL_FUZZ_EXAMPLES", "25"))
@@ -26,7 +26,7 @@ EXAMPLES = int(os.environ.get("KEEL_FUZZ_EXAMPLES", "25"))
 
 @pytest.fixture(scope="module")
 def fuzzed_worker(database_url: str, worker_env: dict[str, str], logs: Path) -> Iterator[Worker]:
-    url = fresh_database(database_url, "keel_fuzz")
+    url = fresh_database(database_url, f"{TEST_DATABASE}_fuzz")
     worker = Worker(env={**worker_env, "DATABASE_URL": url, "KEEL_EXECUTOR_ID": "fuzz", "KEEL_API_KEY": make_key(url, "admin")},
                     log=logs / "worker-fuzz.log").start()
     yield worker
