@@ -98,7 +98,15 @@ def keys() -> None:
 @click.option("--name", required=True, help="Who or what uses the key; recorded as the decider of approvals.")
 def create_key_command(role: str, name: str) -> None:
     """Create a key and print it. It is shown this once: Keel stores only its digest."""
-    row, secret = with_database(lambda conn: auth.create_key(conn, name, role))  # type: ignore[arg-type]
+    from pydantic import ValidationError
+
+    from app.routers.keys import KeyCreate
+
+    try:
+        body = KeyCreate(name=name, role=role)  # type: ignore[arg-type]  # the same rules as POST /v1/keys
+    except ValidationError as exc:
+        raise click.BadParameter("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    row, secret = with_database(lambda conn: auth.create_key(conn, body.name, body.role))
     click.echo(f"created {row['key_id']} ({row['role']}) for {row['name']}; the key, shown once:", err=True)
     click.echo(secret)
 
