@@ -126,11 +126,12 @@ def announce(settings: Settings, url: str, key: str | None) -> None:
         access, header = f"admin API key (also in {settings.local_key_path}, where the CLI finds it): {key}", f" -H 'Authorization: Bearer {key}'"
     else:
         access, header = "API keys: required; create one with `keel keys create --role admin --name you`", " -H \"Authorization: Bearer $KEEL_API_KEY\""
+    demo = "on (/sandbox, /scripted; loopback only)" if settings.demo_services else "off"
     log.warning(
-        "Keel is running at %s (executor %s, version %s)\n  database: %s\n  model: %s\n  %s\n  console: %s/console\n  try it:\n"
+        "Keel is running at %s (executor %s, version %s)\n  database: %s\n  model: %s\n  demo services: %s\n  %s\n  console: %s/console\n  try it:\n"
         "    curl -s -X POST %s/v1/runs%s -H 'Content-Type: application/json' -d '{\"agent\": \"billing\", \"input\": \"%s\"}'\n"
         "    curl -s %s/v1/runs%s",
-        settings.base_url, settings.executor_id, settings.app_version, redact(url), model, access, settings.base_url,
+        settings.base_url, settings.executor_id, settings.app_version, redact(url), model, demo, access, settings.base_url,
         settings.base_url, header, DEMO_INPUT, settings.base_url, header,
     )
 
