@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,47 +28,63 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default KEEL_HOST, 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000).")
-def serve(host: str | None, port: int | None) -> None:
-    """Run the Keel service (one worker process)."""
-    run_service(host=host, port=port)
-
-
-@main.command()
-@click.option("--executor-id", default=None, help="This worker's stable ID (default KEEL_EXECUTOR_ID, else <hostname>:<port>).")
-@click.option("--host", default=None, help="Interface for its HTTP API, /healthz, /readyz, /metrics (default KEEL_HOST).")
-@click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000); one per worker on a machine.")
-@click.option("--queue", default=None, help="The queue of runs it shares with its pool (default KEEL_QUEUE, keel_runs).")
+@click.option("--workers", default=None, type=click.IntRange(1, 256), help="Worker processes behind the port (default KEEL_WORKERS, one per core).")
+@click.option("--executor-id", default=None, help="Stable ID of this worker, or the base of its workers' IDs (default KEEL_EXECUTOR_ID, <hostname>:<port>).")
+@click.option("--queue", default=None, help="The queue of runs the workers share with their pool (default KEEL_QUEUE, keel_runs).")
 @click.option("--concurrency", "worker_concurrency", default=None, type=int, help="Runs per worker, waiting ones too (default KEEL_WORKER_CONCURRENCY, none).")
 @click.option("--global-concurrency", default=None, type=int, help="Runs across the pool (default KEEL_GLOBAL_CONCURRENCY, no limit).")
-def worker(executor_id: str | None, **options: Any) -> None:
-    """Run one worker of a pool: it takes runs from the queue it shares with the others, and takes
-    over the runs of a worker that died. Start as many as you like, on one machine or many."""
-    settings = get_settings()
-    port = options["port"] or settings.port
-    if executor_id is None and "executor_id" not in settings.model_fields_set:
-        executor_id = f"{settings.executor_id}:{port}"  # distinct per worker on a machine, and the same after a restart
-    run_service(executor_id=executor_id, **options)
+@click.option("--fd", default=None, type=int, hidden=True, help="Accept on this inherited, bound socket (a supervised worker).")
+def serve(fd: int | None, **options: Any) -> None:
+    """Run the Keel service: N worker processes behind one port, each with its own executor ID.
+
+    Every worker is the whole service (API, console, /healthz, /readyz, /metrics) and takes runs from
+    the pool's queue; start more on other machines against the same database."""
+    import socket
+
+    from app.serve import PortInUse, Supervisor, bind, serve_one
+
+    given = {name: value for name, value in options.items() if value is not None}
+    settings = Settings(**given)  # validated as if set in the environment (the default executor ID follows --port)
+    try:
+        sock = socket.socket(fileno=fd) if fd is not None else bind(settings.host, settings.port)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings.workers == 1:
+        serve_one(settings, sock)
+        return
+    start_database(settings)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # as uvicorn's lines, between the workers'
+    sys.exit(Supervisor(sock, worker_children(settings, sock, given)).run())
 
 
-def run_service(**overrides: Any) -> None:
-    import uvicorn
+def worker_children(settings: Settings, sock: Any, given: dict[str, Any]) -> list[Any]:
+    """`keel serve --fd` workers, one per executor ID, with the options this command was given."""
+    from app.serve import Child, worker_ids
 
-    from app.main import create_app
+    passed = [arg for name in ("queue", "worker_concurrency", "global_concurrency") if name in given
+              for arg in (f"--{name.removeprefix('worker_').replace('_', '-')}", str(given[name]))]
+    base = [sys.executable, "-m", "app.cli", "serve", "--workers", "1", "--fd", str(sock.fileno()),
+            "--host", settings.host, "--port", str(settings.port), *passed]
+    return [Child(executor_id, [*base, "--executor-id", executor_id]) for executor_id in worker_ids(settings.executor_id, settings.workers)]
 
-    settings = get_settings()
-    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+def start_database(settings: Settings) -> None:
+    """Start the embedded server (if that is the database) once, before the workers join it."""
+    from app.database import database_url
+
+    database_url(settings)
 
 
 @main.command()
 def migrate() -> None:
-    """Create or upgrade the database: DBOS's schema, then Keel's."""
+    """Create or upgrade the database: DBOS's schema, then Keel's. One migrator at a time (an advisory
+    lock), and a no-op at head, so every deploy step or worker host may run it."""
     from app.database import database_url, redact
-    from app.database import migrate as run_migrations
+    from app.schema import migrate as run_migrations
 
     url = database_url(get_settings())
-    run_migrations(url)
-    click.echo(f"migrated {redact(url)}")
+    changed = run_migrations(url)
+    click.echo(f"{'migrated' if changed else 'already at head:'} {redact(url)}")
 
 
 @main.command("database-url")
@@ -121,11 +138,15 @@ def revoke_key_command(key_id: str) -> None:
 
 
 def with_database(action: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
-    """Run `action` on a connection to Keel's database (migrated first, so a new install works)."""
-    from app.database import database_url, migrate, psycopg_conninfo
+    """Run `action` on a connection to Keel's database, which must be migrated (`keel migrate`): this never migrates."""
+    from app.database import database_url, psycopg_conninfo
+    from app.schema import SchemaNotReady, wait_for_schema
 
     url = database_url(get_settings())
-    migrate(url)
+    try:
+        wait_for_schema(url, timeout=0)
+    except SchemaNotReady as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def connected() -> T:
         async with await psycopg.AsyncConnection.connect(psycopg_conninfo(url), autocommit=True) as conn:
@@ -336,3 +357,7 @@ def request(method: str, path: str, **kwargs: Any) -> Any:
             message = response.text
         raise click.ClickException(f"{response.status_code}: {message}")
     return response.json()
+
+
+if __name__ == "__main__":  # `python -m app.cli`: how `keel serve` starts its workers
+    main()

@@ -1,11 +1,12 @@
 """Keel's settings, read once from the environment (and `.env`) at start-up."""
 
+import os
 import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFLINE_MODEL = "scripted"
@@ -17,7 +18,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, alias="DATABASE_URL")
     """Absent: an embedded PostgreSQL under `data_dir` is started and used."""
     data_dir: Path = Field(Path(".keel"), alias="KEEL_DATA_DIR")
-    executor_id: str = Field(default_factory=socket.gethostname, alias="KEEL_EXECUTOR_ID")
+    executor_id: str = Field("", alias="KEEL_EXECUTOR_ID", pattern=r"^[A-Za-z0-9._:/@-]{0,200}$")
+    """This process's stable, unique DBOS executor ID; empty: `<hostname>:<port>` (see `default_executor_id`)."""
+    workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), alias="KEEL_WORKERS", ge=1, le=256)
+    """Worker processes `keel serve` runs behind its port; default one per core."""
+    migration_wait: float = Field(30.0, alias="KEEL_MIGRATION_WAIT", ge=0)
+    """Seconds a worker waits for `keel migrate` to bring the database to head before it refuses to start."""
     app_version: str = Field("keel-0.1", alias="KEEL_APP_VERSION")
     """The pinned DBOS application version: only runs of this version are recovered here."""
 
@@ -68,6 +74,13 @@ class Settings(BaseSettings):
     """Comma-separated modules imported at start-up; each defines `Agent`s."""
     failpoints: str = Field("", alias="KEEL_FAILPOINTS")
     """Comma-separated failpoints that SIGKILL this process (crash tests only)."""
+
+    @model_validator(mode="after")
+    def default_executor_id(self) -> "Settings":
+        """Unique on a host (a port has one listener) and the same after a restart on that port."""
+        if not self.executor_id:
+            self.executor_id = f"{socket.gethostname()}:{self.port}"
+        return self
 
     @property
     def offline(self) -> bool:

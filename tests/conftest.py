@@ -19,7 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
 from app.auth import ROLES, create_key
-from app.database import migrate, psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
+from app.database import psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
+from app.schema import migrate
 from steps import db as steps_db
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 

@@ -62,7 +62,7 @@ class Worker:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kwargs)
 
     def start(self) -> "Worker":
-        env = {**self.env, "KEEL_PORT": str(self.port)}
+        env = {"KEEL_WORKERS": "1", **self.env, "KEEL_PORT": str(self.port)}  # one process, under the executor ID given
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([str(KEEL), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         wait_until_up(f"{self.url}/healthz", self.process, self.log)
