@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
+	$(BIN)/keel migrate
 	$(BIN)/keel serve
 
 test: install lint

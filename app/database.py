@@ -75,8 +75,11 @@ def ensure_database(url: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            log.info("created database %s", name)
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                log.info("created database %s", name)
+            except psycopg.errors.DuplicateDatabase:  # another process starting at the same moment made it
+                pass
 
 
 def psycopg_conninfo(url: str) -> str:

@@ -79,7 +79,11 @@ def migrate(url: str) -> bool:
     DBOS goes first: Keel's views join its tables."""
     ensure_database(url)
     with psycopg.connect(psycopg_conninfo(url), autocommit=True) as lock:
-        lock.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (LOCK,))
+        # Asked for again and again, never waited for in one statement: a waiting statement is an open
+        # transaction, and DBOS's CREATE INDEX CONCURRENTLY (in the holder's migration) waits for every
+        # open transaction to end, so the two would wait for each other.
+        while not lock.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LOCK,)).fetchone()[0]:
+            time.sleep(0.2)
         try:  # whoever held the lock before us may have done the work
             if schema_version(url).at_head:
                 return False
