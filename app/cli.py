@@ -95,6 +95,28 @@ def database_url_command() -> None:
     click.echo(database_url(get_settings()))
 
 
+@main.command("dbos", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def dbos_command(args: tuple[str, ...]) -> None:
+    """DBOS's own command line, on Keel's database, from any directory: `keel dbos workflow list`.
+
+    The `dbos` command finds the database only through `dbos-config.yaml` in the current directory (or
+    `-s URL`); this fills in `--sys-db-url` with the database Keel uses (DATABASE_URL, or the embedded server)."""
+    from dbos.cli.cli import app as dbos_cli
+
+    from app.database import database_url
+
+    command: click.Command = dbos_cli
+    for arg in args:  # down the groups to the command the arguments name
+        if not isinstance(command, click.Group) or arg not in command.commands:
+            break
+        command = command.commands[arg]
+    takes_url = any(param.name == "system_database_url" for param in command.params)
+    if takes_url and not {"-s", "--sys-db-url"} & set(args):
+        args = (*args, "--sys-db-url", database_url(get_settings()))
+    dbos_cli.main(args=list(args), prog_name="keel dbos")
+
+
 @main.command("stop-database")
 def stop_database() -> None:
     """Stop the embedded PostgreSQL (it outlives the service, so restarts are fast)."""
