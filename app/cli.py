@@ -87,6 +87,34 @@ def migrate() -> None:
     click.echo(f"{'migrated' if changed else 'already at head:'} {redact(url)}")
 
 
+class DurationType(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from app.config import parse_duration
+
+        try:
+            return value if not isinstance(value, str) else parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command()
+@click.option("--older-than", required=True, type=DurationType(), help="Remove runs that ended longer ago than this: 30d, 12h, 90m, ...")
+@click.option("--business-keys", is_flag=True,
+              help="Remove their ledger rows under business keys too: a later run with the same key would then repeat the effect.")
+def gc(older_than: Any, business_keys: bool) -> None:
+    """Remove runs that ended long ago, from DBOS's tables and Keel's, consistently.
+
+    Never a run that is queued, running, waiting, compensating, or whose compensation waits for an
+    operator; never a ledger row under a business key, unless --business-keys."""
+    from workflows.retention import collect
+
+    done = with_database(lambda conn: collect(conn, older_than, business_keys=business_keys))
+    click.echo(f"removed {done.runs} run(s) that ended more than {older_than} ago: {done.workflows} DBOS workflows, "
+               f"{done.keel_rows} rows of Keel's tables, {done.ledger_rows} ledger rows")
+
+
 @main.command("database-url")
 def database_url_command() -> None:
     """Print the database URL (starting the embedded server if needed), e.g. for the dbos CLI."""

@@ -1,15 +1,27 @@
 """Keel's settings, read once from the environment (and `.env`) at start-up."""
 
 import os
+import re
 import socket
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFLINE_MODEL = "scripted"
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `12h`, `30d`, `2w`."""
+    match = DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: a number and one of s, m, h, d, w (`30d`)")
+    return timedelta(**{UNITS[match[2]]: float(match[1])})
 
 
 class Settings(BaseSettings):
@@ -66,6 +78,13 @@ class Settings(BaseSettings):
     model_concurrency: int | None = Field(None, alias="KEEL_MODEL_CONCURRENCY", ge=1)
     """Requests in flight per model endpoint, across all workers."""
 
+    gc_older_than: timedelta | None = Field(None, alias="KEEL_GC_OLDER_THAN")
+    """Workers remove runs that ended longer ago than this (`30d`, `12h`, ...), as `keel gc` does; unset: never."""
+    gc_interval: float = Field(3600.0, alias="KEEL_GC_INTERVAL", gt=0)
+    """Seconds between two rounds of that (one worker does each round)."""
+    gc_business_keys: bool = Field(False, alias="KEEL_GC_BUSINESS_KEYS")
+    """Remove ledger rows under business keys too (a later run with the same key would then repeat the effect)."""
+
     host: str = Field("127.0.0.1", alias="KEEL_HOST")
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
     sandbox_url: str | None = Field(None, alias="KEEL_SANDBOX_URL")
@@ -74,6 +93,11 @@ class Settings(BaseSettings):
     """Comma-separated modules imported at start-up; each defines `Agent`s."""
     failpoints: str = Field("", alias="KEEL_FAILPOINTS")
     """Comma-separated failpoints that SIGKILL this process (crash tests only)."""
+
+    @field_validator("gc_older_than", mode="before")
+    @classmethod
+    def duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) and value else value or None
 
     @model_validator(mode="after")
     def default_executor_id(self) -> "Settings":

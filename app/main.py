@@ -32,6 +32,7 @@ from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
 from workflows.executor_claim import ExecutorClaim
+from workflows.retention import keep_collecting
 from workflows.run_queue import RunQueue
 from workflows.workers import OrphanWatch, beat, take_over_dead_workers
 
@@ -89,12 +90,15 @@ async def keel_services(settings: Settings, url: str, claim: ExecutorClaim) -> A
     queue.listen()
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
     await queue.register()  # before the first request, which enqueues on it
-    heartbeat = asyncio.create_task(heartbeats(settings, claim))
+    duties = [asyncio.create_task(heartbeats(settings, claim))]
+    if settings.gc_older_than:
+        duties.append(asyncio.create_task(keep_collecting(settings.gc_older_than, settings.gc_interval, business_keys=settings.gc_business_keys)))
     announce(settings, url, await local_key(settings))
     try:
         yield
     finally:
-        heartbeat.cancel()
+        for duty in duties:
+            duty.cancel()
         DBOS.destroy(workflow_completion_timeout_sec=0)
         await model.close()
         await pool.close()
