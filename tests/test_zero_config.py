@@ -5,9 +5,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from app.database import stop_embedded_postgres
 from tests.conftest import wait_for_run
 from tests.processes import KEEL, ROOT, Worker
+
+pytestmark = [pytest.mark.process, pytest.mark.smoke]
 
 
 async def test_a_fresh_data_folder_serves_the_demo_and_keeps_its_runs(tmp_path: Path) -> None:
