@@ -84,8 +84,9 @@ async def main() -> None:
     env.update({"DATABASE_URL": url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "bench", "KEEL_AUTH": "off",
                 "KEEL_EXECUTOR_ID": "retention", "PYTHONPATH": str(ROOT),
                 "KEEL_WORKERS": str(args.workers), "KEEL_WORKER_CONCURRENCY": str(args.concurrency)})
-    worker = Worker(env=env, log=logs / "worker.log").start()
+    worker = Worker(env=env, log=logs / "worker.log")
     try:
+        worker.start(timeout=600)
         started = time.monotonic()
         await run_all(worker, conninfo, customers)
         ran = time.monotonic() - started
