@@ -61,16 +61,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     url = await asyncio.to_thread(database_url, settings)
     await asyncio.to_thread(wait_for_schema, url, settings.migration_wait)  # `keel migrate` migrates; workers never do
     claim = ExecutorClaim(psycopg_conninfo(url), settings.executor_id, settings.app_version, stale_after=3 * settings.heartbeat_interval)
-    await claim.acquire()  # before DBOS launches: it recovers the pending runs of this executor ID
-    try:
-        async with keel_services(settings, url, claim):
-            yield
-    finally:
-        await claim.release()
-
-
-@asynccontextmanager
-async def keel_services(settings: Settings, url: str, claim: ExecutorClaim) -> AsyncIterator[None]:
+    await claim.acquire()  # before DBOS launches: its launch recovers the pending runs of this executor ID
     pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=settings.db_pool_size, kwargs={"autocommit": True}, open=False)
     sandbox_pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=5, kwargs={"autocommit": True}, open=False)
     await pool.open()
@@ -90,21 +81,24 @@ async def keel_services(settings: Settings, url: str, claim: ExecutorClaim) -> A
     queue.listen()
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
     await queue.register()  # before the first request, which enqueues on it
-    duties = [asyncio.create_task(heartbeats(settings, claim))]
-    if settings.gc_older_than:
-        duties.append(asyncio.create_task(keep_collecting(settings.gc_older_than, settings.gc_interval, business_keys=settings.gc_business_keys)))
+    heartbeat = asyncio.create_task(heartbeats(settings, claim))
+    retention = None
+    if settings.gc_older_than:  # `keel gc` as a duty of the workers
+        retention = asyncio.create_task(keep_collecting(settings.gc_older_than, settings.gc_interval, business_keys=settings.gc_business_keys))
     announce(settings, url, await local_key(settings))
     try:
         yield
     finally:
-        for duty in duties:
-            duty.cancel()
+        heartbeat.cancel()
+        if retention:
+            retention.cancel()
         DBOS.destroy(workflow_completion_timeout_sec=0)
         await model.close()
         await pool.close()
         await sandbox_pool.close()
         db.configure(None)
         sandbox.configure(None)
+        await claim.release()
 
 
 async def heartbeats(settings: Settings, claim: ExecutorClaim) -> None:
