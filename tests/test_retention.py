@@ -2,7 +2,9 @@
 run that waits (for a person, or for an operator after a compensation gave up), never a ledger row
 under a business key unless told to."""
 
+import asyncio
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +100,29 @@ async def test_gc_removes_ended_runs_everywhere_and_keeps_waiting_runs_and_busin
     assert with_keys.returncode == 0 and "removed 1 run(s)" in with_keys.stdout  # the run that waited, now ended
     assert keyed_ledger_after == 0  # its run was removed by the first gc: the row is swept once business keys may go
     assert tickets == 1  # the demo's own tables are the outside world: never Keel's to remove
+
+
+async def test_with_a_retention_setting_the_workers_collect_by_themselves(
+        empty_database: Callable[..., str], worker_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    url = empty_database("retention_duty")
+    migrate(url)
+    env = env_for(worker_env, url, KEEL_EXECUTOR_ID="retention-duty", KEEL_GC_OLDER_THAN="1s", KEEL_GC_INTERVAL="0.5")
+    worker = Worker(env=env, log=tmp_path / "worker.log").start()
+    try:
+        async with worker.client(timeout=30) as api:
+            ended = await wait_for_run(api, await start(api, "probe", "say collect me"))
+            waiting = await start(api, "probe", 'call transfer with {"customer_id": "C-1", "amount_cents": 5}')
+            await wait_for_approval(api, waiting)
+            deadline = time.monotonic() + 120
+            with psycopg.connect(psycopg_conninfo(url), autocommit=True) as conn:
+                while family(conn, ended["run_id"]):
+                    assert time.monotonic() < deadline, "no worker collected the ended run"
+                    time.sleep(0.2)
+                await asyncio.sleep(3)  # several rounds more: the waiting run must survive them
+                waiting_left = family(conn, waiting)
+    finally:
+        worker.stop()
+
+    assert ended["status"] == "succeeded"
+    assert waiting_left == [waiting]
+    assert "gc: removed 1 run(s)" in worker.log.read_text()

@@ -169,7 +169,7 @@ async def keep_collecting(older_than: timedelta, every: float, *, business_keys:
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (LOCK,))
             if done.runs:
-                log.info("gc: removed %d run(s) that ended more than %s ago (%d workflows, %d Keel rows, %d ledger rows)",
+                log.warning("gc: removed %d run(s) that ended more than %s ago (%d workflows, %d Keel rows, %d ledger rows)",
                          done.runs, older_than, done.workflows, done.keel_rows, done.ledger_rows)
         except Exception:  # a failed round is retried at the next one
             log.exception("gc failed")
