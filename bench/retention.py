@@ -28,14 +28,28 @@ WHERE n.nspname IN ('dbos', 'keel') AND c.relkind = 'r' GROUP BY n.nspname ORDER
 """
 
 
-def fresh_database() -> str:
+def fresh_database(name: str = DATABASE) -> str:
     server = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    url = make_url(server).set(database=DATABASE).render_as_string(hide_password=False)
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(psycopg_conninfo(make_url(server).set(database="postgres").render_as_string(hide_password=False)), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
     migrate(url)
     return url
+
+
+def add_customers(conninfo: str, count: int) -> list[str]:
+    customers = [f"C-{9_000_000 + i}" for i in range(count)]
+    with psycopg.connect(conninfo, autocommit=True) as conn, conn.cursor().copy("COPY sandbox.customers (id, name, email, plan) FROM STDIN") as copy:
+        for customer in customers:
+            copy.write_row((customer, "Bench", f"{customer.lower()}@example.com", "basic"))
+    return customers
+
+
+def service_env(url: str, model_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OPENAI_"))}
+    return {**env, "DATABASE_URL": url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "bench", "KEEL_AUTH": "off",
+            "PYTHONPATH": str(ROOT), **extra}
 
 
 def sizes(conninfo: str) -> dict[str, int]:
@@ -74,16 +88,10 @@ async def main() -> None:
     args = parser.parse_args()
     url = fresh_database()
     conninfo = psycopg_conninfo(url)
-    customers = [f"C-{9_000_000 + i}" for i in range(args.runs)]
-    with psycopg.connect(conninfo, autocommit=True) as conn, conn.cursor().copy("COPY sandbox.customers (id, name, email, plan) FROM STDIN") as copy:
-        for customer in customers:
-            copy.write_row((customer, "Bench", f"{customer.lower()}@example.com", "basic"))
+    customers = add_customers(conninfo, args.runs)
     logs = Path(tempfile.mkdtemp(prefix="keel-retention-"))
     model, model_url = start_scripted_model(logs / "model.log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OPENAI_"))}
-    env.update({"DATABASE_URL": url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "bench", "KEEL_AUTH": "off",
-                "KEEL_EXECUTOR_ID": "retention", "PYTHONPATH": str(ROOT),
-                "KEEL_WORKERS": str(args.workers), "KEEL_WORKER_CONCURRENCY": str(args.concurrency)})
+    env = service_env(url, model_url, KEEL_EXECUTOR_ID="retention", KEEL_WORKERS=str(args.workers), KEEL_WORKER_CONCURRENCY=str(args.concurrency))
     worker = Worker(env=env, log=logs / "worker.log")
     try:
         worker.start(timeout=600)
