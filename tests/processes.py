@@ -64,6 +64,7 @@ class Worker:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 30)  # httpx's 5 s is shorter than a busy shared machine's slowest answers
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kwargs)
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> "Worker":
