@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test lint clean bench
+.PHONY: install run test test-fast lint clean bench
 
 install: $(VENV)/.installed
 
@@ -13,10 +13,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
+	$(BIN)/keel migrate
 	$(BIN)/keel serve
 
+# The whole suite, every tier. PYTEST_ARGS="-n 2" runs it on two pytest workers (a database and a worker process each).
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fast tier: in-process tests only (no worker, no model server, no browser), under a minute.
+test-fast: install
+	$(BIN)/pytest -m unit -q $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check app steps workflows tests bench migrations

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,47 +29,91 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default KEEL_HOST, 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000).")
-def serve(host: str | None, port: int | None) -> None:
-    """Run the Keel service (one worker process)."""
-    run_service(host=host, port=port)
-
-
-@main.command()
-@click.option("--executor-id", default=None, help="This worker's stable ID (default KEEL_EXECUTOR_ID, else <hostname>:<port>).")
-@click.option("--host", default=None, help="Interface for its HTTP API, /healthz, /readyz, /metrics (default KEEL_HOST).")
-@click.option("--port", default=None, type=int, help="Port (default KEEL_PORT, 8000); one per worker on a machine.")
-@click.option("--queue", default=None, help="The queue of runs it shares with its pool (default KEEL_QUEUE, keel_runs).")
+@click.option("--workers", default=None, type=click.IntRange(1, 256), help="Worker processes behind the port (default KEEL_WORKERS, one per core).")
+@click.option("--executor-id", default=None, help="Stable ID of this worker, or the base of its workers' IDs (default KEEL_EXECUTOR_ID, <hostname>:<port>).")
+@click.option("--queue", default=None, help="The queue of runs the workers share with their pool (default KEEL_QUEUE, keel_runs).")
 @click.option("--concurrency", "worker_concurrency", default=None, type=int, help="Runs per worker, waiting ones too (default KEEL_WORKER_CONCURRENCY, none).")
 @click.option("--global-concurrency", default=None, type=int, help="Runs across the pool (default KEEL_GLOBAL_CONCURRENCY, no limit).")
-def worker(executor_id: str | None, **options: Any) -> None:
-    """Run one worker of a pool: it takes runs from the queue it shares with the others, and takes
-    over the runs of a worker that died. Start as many as you like, on one machine or many."""
-    settings = get_settings()
-    port = options["port"] or settings.port
-    if executor_id is None and "executor_id" not in settings.model_fields_set:
-        executor_id = f"{settings.executor_id}:{port}"  # distinct per worker on a machine, and the same after a restart
-    run_service(executor_id=executor_id, **options)
+@click.option("--fd", default=None, type=int, hidden=True, help="Accept on this inherited, bound socket (a supervised worker).")
+def serve(fd: int | None, **options: Any) -> None:
+    """Run the Keel service: N worker processes behind one port, each with its own executor ID.
+
+    Every worker is the whole service (API, console, /healthz, /readyz, /metrics) and takes runs from
+    the pool's queue; start more on other machines against the same database."""
+    import socket
+
+    from app.serve import PortInUse, Supervisor, bind, serve_one
+
+    given = {name: value for name, value in options.items() if value is not None}
+    settings = Settings(**given)  # validated as if set in the environment (the default executor ID follows --port)
+    try:
+        sock = socket.socket(fileno=fd) if fd is not None else bind(settings.host, settings.port)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings.workers == 1:
+        serve_one(settings, sock)
+        return
+    start_database(settings)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # as uvicorn's lines, between the workers'
+    sys.exit(Supervisor(sock, worker_children(settings, sock, given)).run())
 
 
-def run_service(**overrides: Any) -> None:
-    import uvicorn
+def worker_children(settings: Settings, sock: Any, given: dict[str, Any]) -> list[Any]:
+    """`keel serve --fd` workers, one per executor ID, with the options this command was given."""
+    from app.serve import Child, worker_ids
 
-    from app.main import create_app
+    passed = [arg for name in ("queue", "worker_concurrency", "global_concurrency") if name in given
+              for arg in (f"--{name.removeprefix('worker_').replace('_', '-')}", str(given[name]))]
+    base = [sys.executable, "-m", "app.cli", "serve", "--workers", "1", "--fd", str(sock.fileno()),
+            "--host", settings.host, "--port", str(settings.port), *passed]
+    return [Child(executor_id, [*base, "--executor-id", executor_id]) for executor_id in worker_ids(settings.executor_id, settings.workers)]
 
-    settings = get_settings()
-    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+def start_database(settings: Settings) -> None:
+    """Start the embedded server (if that is the database) once, before the workers join it."""
+    from app.database import database_url
+
+    database_url(settings)
 
 
 @main.command()
 def migrate() -> None:
-    """Create or upgrade the database: DBOS's schema, then Keel's."""
+    """Create or upgrade the database: DBOS's schema, then Keel's. One migrator at a time (an advisory
+    lock), and a no-op at head, so every deploy step or worker host may run it."""
     from app.database import database_url, redact
-    from app.database import migrate as run_migrations
+    from app.schema import migrate as run_migrations
 
     url = database_url(get_settings())
-    run_migrations(url)
-    click.echo(f"migrated {redact(url)}")
+    changed = run_migrations(url)
+    click.echo(f"{'migrated' if changed else 'already at head:'} {redact(url)}")
+
+
+class DurationType(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from app.config import parse_duration
+
+        try:
+            return value if not isinstance(value, str) else parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command()
+@click.option("--older-than", required=True, type=DurationType(), help="Remove runs that ended longer ago than this: 30d, 12h, 90m, ...")
+@click.option("--business-keys", is_flag=True,
+              help="Remove their ledger rows under business keys too: a later run with the same key would then repeat the effect.")
+def gc(older_than: Any, business_keys: bool) -> None:
+    """Remove runs that ended long ago, from DBOS's tables and Keel's, consistently.
+
+    Never a run that is queued, running, waiting, compensating, or whose compensation waits for an
+    operator; never a ledger row under a business key, unless --business-keys."""
+    from workflows.retention import collect
+
+    done = with_database(lambda conn: collect(conn, older_than, business_keys=business_keys))
+    click.echo(f"removed {done.runs} run(s) that ended more than {older_than} ago: {done.workflows} DBOS workflows, "
+               f"{done.keel_rows} rows of Keel's tables, {done.ledger_rows} ledger rows")
 
 
 @main.command("database-url")
@@ -77,6 +122,28 @@ def database_url_command() -> None:
     from app.database import database_url
 
     click.echo(database_url(get_settings()))
+
+
+@main.command("dbos", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def dbos_command(args: tuple[str, ...]) -> None:
+    """DBOS's own command line, on Keel's database, from any directory: `keel dbos workflow list`.
+
+    The `dbos` command finds the database only through `dbos-config.yaml` in the current directory (or
+    `-s URL`); this fills in `--sys-db-url` with the database Keel uses (DATABASE_URL, or the embedded server)."""
+    from dbos.cli.cli import app as dbos_cli
+
+    from app.database import database_url
+
+    command: click.Command = dbos_cli
+    for arg in args:  # down the groups to the command the arguments name
+        if not isinstance(command, click.Group) or arg not in command.commands:
+            break
+        command = command.commands[arg]
+    takes_url = any(param.name == "system_database_url" for param in command.params)
+    if takes_url and not {"-s", "--sys-db-url"} & set(args):
+        args = (*args, "--sys-db-url", database_url(get_settings()))
+    dbos_cli.main(args=list(args), prog_name="keel dbos")
 
 
 @main.command("stop-database")
@@ -130,11 +197,15 @@ def revoke_key_command(key_id: str) -> None:
 
 
 def with_database(action: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
-    """Run `action` on a connection to Keel's database (migrated first, so a new install works)."""
-    from app.database import database_url, migrate, psycopg_conninfo
+    """Run `action` on a connection to Keel's database, which must be migrated (`keel migrate`): this never migrates."""
+    from app.database import database_url, psycopg_conninfo
+    from app.schema import SchemaNotReady, wait_for_schema
 
     url = database_url(get_settings())
-    migrate(url)
+    try:
+        wait_for_schema(url, timeout=0)
+    except SchemaNotReady as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def connected() -> T:
         async with await psycopg.AsyncConnection.connect(psycopg_conninfo(url), autocommit=True) as conn:
@@ -353,3 +424,7 @@ def request(method: str, path: str, **kwargs: Any) -> Any:
             message = response.text
         raise click.ClickException(f"{response.status_code}: {message}")
     return response.json()
+
+
+if __name__ == "__main__":  # `python -m app.cli`: how `keel serve` starts its workers
+    main()

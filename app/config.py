@@ -1,15 +1,28 @@
 """Keel's settings, read once from the environment (and `.env`) at start-up."""
 
 import ipaddress
+import os
+import re
 import socket
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFLINE_MODEL = "scripted"
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `12h`, `30d`, `2w`."""
+    match = DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: a number and one of s, m, h, d, w (`30d`)")
+    return timedelta(**{UNITS[match[2]]: float(match[1])})
 
 
 def is_loopback(host: str | None) -> bool:
@@ -27,7 +40,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, alias="DATABASE_URL")
     """Absent: an embedded PostgreSQL under `data_dir` is started and used."""
     data_dir: Path = Field(Path(".keel"), alias="KEEL_DATA_DIR")
-    executor_id: str = Field(default_factory=socket.gethostname, alias="KEEL_EXECUTOR_ID")
+    executor_id: str = Field("", alias="KEEL_EXECUTOR_ID", pattern=r"^[A-Za-z0-9._:/@-]{0,200}$")
+    """This process's stable, unique DBOS executor ID; empty: `<hostname>:<port>` (see `default_executor_id`)."""
+    workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), alias="KEEL_WORKERS", ge=1, le=256)
+    """Worker processes `keel serve` runs behind its port; default one per core."""
+    migration_wait: float = Field(30.0, alias="KEEL_MIGRATION_WAIT", ge=0)
+    """Seconds a worker waits for `keel migrate` to bring the database to head before it refuses to start."""
     app_version: str = Field("keel-0.1", alias="KEEL_APP_VERSION")
     """The pinned DBOS application version: only runs of this version are recovered here."""
 
@@ -72,6 +90,13 @@ class Settings(BaseSettings):
     model_concurrency: int | None = Field(None, alias="KEEL_MODEL_CONCURRENCY", ge=1)
     """Requests in flight per model endpoint, across all workers."""
 
+    gc_older_than: timedelta | None = Field(None, alias="KEEL_GC_OLDER_THAN")
+    """Workers remove runs that ended longer ago than this (`30d`, `12h`, ...), as `keel gc` does; unset: never."""
+    gc_interval: float = Field(3600.0, alias="KEEL_GC_INTERVAL", gt=0)
+    """Seconds between two rounds of that (one worker does each round)."""
+    gc_business_keys: bool = Field(False, alias="KEEL_GC_BUSINESS_KEYS")
+    """Remove ledger rows under business keys too (a later run with the same key would then repeat the effect)."""
+
     host: str = Field("127.0.0.1", alias="KEEL_HOST")
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
     sandbox_url: str | None = Field(None, alias="KEEL_SANDBOX_URL")
@@ -82,6 +107,18 @@ class Settings(BaseSettings):
     """Comma-separated modules imported at start-up; each defines `Agent`s."""
     failpoints: str = Field("", alias="KEEL_FAILPOINTS")
     """Comma-separated failpoints that SIGKILL this process (crash tests only)."""
+
+    @field_validator("gc_older_than", mode="before")
+    @classmethod
+    def duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) and value else value or None
+
+    @model_validator(mode="after")
+    def default_executor_id(self) -> "Settings":
+        """Unique on a host (a port has one listener) and the same after a restart on that port."""
+        if not self.executor_id:
+            self.executor_id = f"{socket.gethostname()}:{self.port}"
+        return self
 
     @property
     def offline(self) -> bool:

@@ -1,4 +1,4 @@
-"""Which PostgreSQL Keel uses, making sure its database exists, and migrating it."""
+"""Which PostgreSQL Keel uses, and making sure its database exists (`app/schema.py` migrates it)."""
 
 import logging
 import warnings
@@ -6,10 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from dbos import DBOS
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
@@ -20,7 +16,6 @@ if TYPE_CHECKING:
 
 EMBEDDED_DATABASE = "keel"
 EMBEDDED_MAX_CONNECTIONS = 400
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger("keel")
 
 
@@ -80,28 +75,11 @@ def ensure_database(url: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            log.info("created database %s", name)
-
-
-def migrate(url: str) -> None:
-    """Bring DBOS's schema `dbos`, then Keel's `keel` and `sandbox`, up to date.
-
-    DBOS goes first: Keel's views join its tables."""
-    DBOS.migrate(url)
-    command.upgrade(alembic_config(url), "head")
-
-
-def migration_head() -> str | None:
-    """The newest revision in `migrations/`: what a ready database has applied."""
-    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
-
-
-def alembic_config(url: str) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["database_url"] = url
-    return config
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                log.info("created database %s", name)
+            except psycopg.errors.DuplicateDatabase:  # another process starting at the same moment made it
+                pass
 
 
 def psycopg_conninfo(url: str) -> str:

@@ -23,14 +23,17 @@ from app import console, demo_services, sandbox
 from app.auth import ensure_local_key
 from app.body_limit import BodyLimit
 from app.config import Settings, get_settings
-from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
+from app.database import database_url, psycopg_conninfo, redact
 from app.demo import billing
 from app.routers import approvals, doctor, keys, metrics, runs
+from app.schema import migration_head, wait_for_schema
 from app.schemas import errors
 from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
+from workflows.executor_claim import ExecutorClaim
+from workflows.retention import keep_collecting
 from workflows.run_queue import RunQueue
 from workflows.workers import OrphanWatch, beat, take_over_dead_workers
 
@@ -59,7 +62,9 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     if refusal := demo_services.refusal_to_start(settings):
         raise UserError(refusal)
     url = await asyncio.to_thread(database_url, settings)
-    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(wait_for_schema, url, settings.migration_wait)  # `keel migrate` migrates; workers never do
+    claim = ExecutorClaim(psycopg_conninfo(url), settings.executor_id, settings.app_version, stale_after=3 * settings.heartbeat_interval)
+    await claim.acquire()  # before DBOS launches: its launch recovers the pending runs of this executor ID
     pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=settings.db_pool_size, kwargs={"autocommit": True}, open=False)
     sandbox_pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=5, kwargs={"autocommit": True}, open=False)
     await pool.open()
@@ -80,26 +85,34 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     queue.listen()
     DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
     await queue.register()  # before the first request, which enqueues on it
-    heartbeat = asyncio.create_task(heartbeats(settings))
+    heartbeat = asyncio.create_task(heartbeats(settings, claim))
+    retention = None
+    if settings.gc_older_than:  # `keel gc` as a duty of the workers
+        retention = asyncio.create_task(keep_collecting(settings.gc_older_than, settings.gc_interval, business_keys=settings.gc_business_keys))
     announce(settings, url, await local_key(settings))
     try:
         yield
     finally:
         heartbeat.cancel()
+        if retention:
+            retention.cancel()
         DBOS.destroy(workflow_completion_timeout_sec=0)
         await model.close()
         await pool.close()
         await sandbox_pool.close()
         db.configure(None)
         sandbox.configure(None)
+        await claim.release()
 
 
-async def heartbeats(settings: Settings) -> None:
-    """Tell `keel.workers` this executor is alive, take over the runs of workers that are not (and
-    this worker's own runs that no task runs any more), and deliver decisions whose messages were lost."""
+async def heartbeats(settings: Settings, claim: ExecutorClaim) -> None:
+    """Tell `keel.workers` this executor is alive (and hold its claim), take over the runs of workers
+    that are not (and this worker's own runs that no task runs any more), and deliver decisions whose
+    messages were lost."""
     orphans = OrphanWatch()
     while True:
         try:
+            await claim.keep()
             await beat(settings.executor_id, settings.app_version)
             # Later than `keel doctor` calls a worker gone: a supervisor restarting it under its own ID is cheaper.
             await take_over_dead_workers(settings.executor_id, stale_after=6 * settings.heartbeat_interval)
@@ -114,7 +127,9 @@ async def local_key(settings: Settings) -> str | None:
     """On a local install (embedded database) with keys on: the admin key to print, kept for the CLI."""
     if settings.auth == "off" or settings.database_url:
         return None
-    async with db.pool().connection() as conn:
+    async with db.pool().connection() as conn, conn.transaction():
+        # The workers of one `keel serve --workers N` start together: one makes the key, the others read it.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('keel.local-key', 0))")
         return await ensure_local_key(conn, settings.local_key_path)
 
 
@@ -154,8 +169,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
+        """The process is up (and which worker answered)."""
+        return {"status": "ok", "executor_id": app.state.settings.executor_id}
 
     @app.get("/readyz", tags=["health"], responses=errors(503))
     async def readyz() -> JSONResponse:
@@ -235,3 +250,8 @@ def add_error_handlers(app: FastAPI) -> None:
             return response
         code = "unknown_agent" if isinstance(exc, UnknownAgent) else "invalid_request"
         return error(422, code, str(exc))
+
+
+app = create_app()
+"""For `uvicorn app.main:app`, `fastapi run` and other ASGI servers (settings from the environment, read
+now; the database, DBOS and the executor claim wait for the lifespan). `keel serve` builds its own."""

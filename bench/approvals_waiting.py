@@ -16,7 +16,8 @@ import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
-from app.database import migrate, psycopg_conninfo, start_embedded_postgres
+from app.database import psycopg_conninfo, start_embedded_postgres
+from app.schema import migrate
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 DATABASE = "keel_bench"

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from app.database import embedded_server, ensure_database, migrate, start_embedded_postgres
+from app.database import embedded_server, ensure_database, start_embedded_postgres
+from app.schema import migrate
 from bench.invariants import check
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 

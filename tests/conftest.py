@@ -19,18 +19,35 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
 from app.auth import ROLES, create_key
-from app.database import migrate, psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
+from app.database import psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
+from app.schema import migrate
 from steps import db as steps_db
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
-TEST_DATABASE = os.environ.get("KEEL_TEST_DATABASE", "keel_test")
-"""Several checkouts sharing one server each set their own (`KEEL_TEST_DATABASE`), so they never drop each other's."""
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_DATABASE = os.environ.get("KEEL_TEST_DATABASE", "keel_test") + (f"_{XDIST_WORKER}" if XDIST_WORKER else "")
+"""Several checkouts sharing one server each set their own (`KEEL_TEST_DATABASE`), so they never drop each
+other's; `pytest -n N` gives each of its workers its own too."""
 AGENT_MODULES = "app.demo.billing,tests.agents"
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)
 
 
-EMBEDDED_TEST_DIR = ROOT / ".keel" / "test"
+EMBEDDED_TEST_DIR = ROOT / ".keel" / (f"test-{XDIST_WORKER}" if XDIST_WORKER else "test")
+
+TIERS = ("unit", "process", "browser", "fuzz")
+PROCESS_FIXTURES = {"service", "start_worker", "model_url", "worker_env"}
+"""A test that uses one of these starts real processes (a worker, the scripted model server)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets one tier: `browser` and `fuzz` as their modules say, `process` if it starts real
+    processes (its fixtures say so, or its module), `unit` otherwise: `pytest -m unit` is the fast tier."""
+    for item in items:
+        marked = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if not marked:
+            tier = "process" if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) else "unit"
+            item.add_marker(tier)
 
 
 def fresh_database(server_url: str, name: str) -> str:

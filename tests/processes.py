@@ -22,7 +22,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+STARTUP_TIMEOUT = 180.0
+"""A start takes seconds, but a machine shared by many test runs can make it take a minute or more."""
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -34,6 +38,7 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float
             pass
         time.sleep(0.1)
     process.kill()
+    process.wait()
     raise RuntimeError(f"{url} did not come up in {timeout}s:\n{log.read_text()[-4000:]}")
 
 
@@ -59,13 +64,14 @@ class Worker:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 30)  # httpx's 5 s is shorter than a busy shared machine's slowest answers
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kwargs)
 
-    def start(self) -> "Worker":
-        env = {**self.env, "KEEL_PORT": str(self.port)}
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> "Worker":
+        env = {"KEEL_WORKERS": "1", **self.env, "KEEL_PORT": str(self.port)}  # one process, under the executor ID given
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([str(KEEL), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_until_up(f"{self.url}/healthz", self.process, self.log)
+        wait_until_up(f"{self.url}/healthz", self.process, self.log, timeout)
         return self
 
     def kill(self) -> None:

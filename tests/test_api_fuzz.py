@@ -22,6 +22,8 @@ from app.main import create_app
 from tests.conftest import AGENT_MODULES, TEST_DATABASE, fresh_database, make_key
 from tests.processes import Worker
 
+pytestmark = pytest.mark.fuzz
+
 EXAMPLES = int(os.environ.get("KEEL_FUZZ_EXAMPLES", "25"))
 """Examples per operation and mode; CI keeps the default, a longer hunt raises it."""
 # CI draws the same examples every time (a red CI is a regression, not a new draw); KEEL_FUZZ_RANDOM=1

@@ -44,7 +44,7 @@ def test_keel_reports_errors_clearly(service: Worker, worker_env: dict[str, str]
 def test_keel_migrate_is_repeatable(worker_env: dict[str, str]) -> None:
     done = cli([str(BIN / "keel"), "migrate"], worker_env)
     assert done.returncode == 0, done.stderr
-    assert "migrated" in done.stdout
+    assert "already at head" in done.stdout  # the session's database was migrated: nothing to do, nothing done
 
 
 def test_dbos_cli_lists_keel_runs(service: Worker, worker_env: dict[str, str]) -> None:
@@ -55,6 +55,17 @@ def test_dbos_cli_lists_keel_runs(service: Worker, worker_env: dict[str, str]) -
 
     assert listing.returncode == 0, listing.stderr
     assert '"name": "keel.agent_run"' in listing.stdout
+
+
+def test_keel_dbos_finds_the_database_from_any_directory(service: Worker, worker_env: dict[str, str], tmp_path: Path) -> None:
+    httpx.post(f"{service.url}/v1/runs", json={"agent": "probe", "input": "say elsewhere"}, headers={**service.headers, "Idempotency-Key": "keel-dbos-elsewhere"})
+
+    found = subprocess.run([str(BIN / "keel"), "dbos", "workflow", "get", "keel-dbos-elsewhere"], cwd=tmp_path, env=worker_env,
+                           capture_output=True, text=True, timeout=120)
+
+    assert found.returncode == 0, found.stderr
+    assert '"name": "keel.agent_run"' in found.stdout
+    assert list(tmp_path.iterdir()) == []  # no keel.sqlite (or anything else) left behind
 
 
 def test_dbos_start_runs_the_service(worker_env: dict[str, str], tmp_path: Path) -> None:

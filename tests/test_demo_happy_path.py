@@ -2,8 +2,11 @@
 
 import httpx
 import psycopg
+import pytest
 
 from tests.conftest import fetch_value, wait_for_run
+
+pytestmark = pytest.mark.smoke  # CI runs it on the embedded PostgreSQL too
 
 
 async def test_upgrade_to_pro_charges_once_and_changes_the_plan(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import httpx
 import psycopg
+import pytest
 
 from tests.conftest import fetch_value, wait_for_row, wait_for_run
 from tests.processes import Worker
@@ -38,6 +39,7 @@ async def attempts(db: psycopg.AsyncConnection, run_id: str) -> dict[str, int]:
     return dict(rows)
 
 
+@pytest.mark.smoke
 async def test_killed_during_an_llm_call(start_worker, model: httpx.AsyncClient, db, customer: str) -> None:
     # The third model call (after lookup and ticket) hangs until the worker is killed.
     await model.post("/faults", json={"kind": "delay", "match": customer, "seconds": 30, "after": 2})

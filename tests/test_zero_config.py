@@ -2,11 +2,16 @@
 model: the README's first command, on a machine with nothing installed."""
 
 import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from app.database import stop_embedded_postgres
 from tests.conftest import wait_for_run
-from tests.processes import ROOT, Worker
+from tests.processes import KEEL, ROOT, Worker
+
+pytestmark = [pytest.mark.process, pytest.mark.smoke]
 
 
 async def test_a_fresh_data_folder_serves_the_demo_and_keeps_its_runs(tmp_path: Path) -> None:
@@ -14,6 +19,7 @@ async def test_a_fresh_data_folder_serves_the_demo_and_keeps_its_runs(tmp_path: 
     env.update({"KEEL_DATA_DIR": str(tmp_path / "keel"), "KEEL_EXECUTOR_ID": "zero-config", "PYTHONPATH": str(ROOT)})
     worker = Worker(env=env, log=tmp_path / "worker.log")
     try:
+        migrated = subprocess.run([str(KEEL), "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # as `make run` does
         worker.start()
         async with worker.client() as api:
             response = await api.post("/v1/runs", json={"agent": "billing", "input": "Upgrade customer C-42 to the pro plan"})
@@ -26,6 +32,7 @@ async def test_a_fresh_data_folder_serves_the_demo_and_keeps_its_runs(tmp_path: 
         worker.stop()
         stop_embedded_postgres(tmp_path / "keel")
 
+    assert migrated.returncode == 0, migrated.stderr
     assert run["status"] == "succeeded", run
     assert run["output"]["charge_id"].startswith("ch_")
     assert again["status"] == "succeeded"

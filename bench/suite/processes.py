@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from app.database import migrate
+from app.schema import migrate
 from bench.suite.setup import conninfo, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,9 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
-from app.database import migrate, psycopg_conninfo
+from app.database import psycopg_conninfo
 from app.main import dbos_config
+from app.schema import migrate
 from bench.suite.model import ScriptedModel
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
