@@ -10,7 +10,7 @@ from typing_extensions import TypeVar
 
 from steps.errors import UserError
 from steps.retry import RetryPolicy
-from steps.tools import Tool, tool
+from steps.tools import ApprovalPolicy, Tool, tool
 
 AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OutputT = TypeVar("OutputT", default=str)
@@ -22,9 +22,13 @@ class Turns(Protocol):
     """What an agent's reasoning loop can ask of the durable run it is in (`workflows.agent_loop.AgentRun`):
     Keel's own loop uses it, and so do the framework adapters (`workflows.frameworks`)."""
 
+    turn: int
+    """Model calls so far."""
+
     async def keel_loop(self, user_input: str) -> Any: ...
-    async def ask_model(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def ask_model(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, label: str | None = None) -> dict[str, Any]: ...
     async def call_tool(self, call: dict[str, Any]) -> str: ...
+    async def ask_person(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
     async def reask(self, problem: str) -> None: ...
 
 

@@ -203,6 +203,15 @@ class AgentRun:
             return {"error": error}
         await self.fail(failure_reason(error, "tool"), f"tool {found.name} failed: {error['message']}")
 
+    async def ask_person(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+        """Wait (durably) for a person's decision on `name` with these arguments: a framework's own
+        pause for a human (a LangGraph `interrupt`) as a Keel approval. A rejection under
+        `on_reject="fail"` fails the run; otherwise the settled decision is returned."""
+        decision = await self.ops.approval(name, policy, arguments, call_id)
+        if decision["status"] != "approved" and policy.on_reject == "fail":
+            await self.fail("approval_rejected", f"{name}: a person did not approve ({decision['status']}): {decision['comment'] or 'no comment'}")
+        return decision
+
     async def check_budgets(self) -> None:
         """Refuse the next model call once a budget is spent (totals come from recorded outputs)."""
         agent = self.agent
