@@ -3,7 +3,7 @@
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Generic, Protocol
+from typing import Any, Generic, NoReturn, Protocol
 
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypeVar
@@ -30,6 +30,7 @@ class Turns(Protocol):
     async def call_tool(self, call: dict[str, Any]) -> str: ...
     async def ask_person(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
     async def reask(self, problem: str) -> None: ...
+    async def fail(self, reason: str, message: str) -> NoReturn: ...
 
 
 class UnknownAgent(UserError):
