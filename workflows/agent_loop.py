@@ -203,6 +203,10 @@ class AgentRun:
             return {"error": error}
         await self.fail(failure_reason(error, "tool"), f"tool {found.name} failed: {error['message']}")
 
+    async def record(self, kind: str, payload: dict[str, Any]) -> None:
+        """An event of the framework's own (a handoff) in the run's timeline, as a step."""
+        await self.ops.event(kind, payload)
+
     async def ask_person(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
         """Wait (durably) for a person's decision on `name` with these arguments: a framework's own
         pause for a human (a LangGraph `interrupt`) as a Keel approval. A rejection under
