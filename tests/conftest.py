@@ -25,7 +25,10 @@ from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 TEST_DATABASE = os.environ.get("KEEL_TEST_DATABASE", "keel_test")
 """Several checkouts sharing one server each set their own (`KEEL_TEST_DATABASE`), so they never drop each other's."""
-AGENT_MODULES = "app.demo.billing,tests.agents"
+FRAMEWORK_DEMOS = "app.demo.billing.with_langgraph,app.demo.billing.with_openai_agents,app.demo.billing.with_pydantic_ai"
+AGENT_MODULES = f"app.demo.billing,{FRAMEWORK_DEMOS},tests.agents"
+BILLING_AGENTS = ["billing", "billing_langgraph", "billing_openai_agents", "billing_pydantic_ai"]
+"""The billing demo, Keel-native and in each framework: the behavioural tests run over all four."""
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)
 
