@@ -25,10 +25,14 @@ from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 TEST_DATABASE = os.environ.get("KEEL_TEST_DATABASE", "keel_test")
 """Several checkouts sharing one server each set their own (`KEEL_TEST_DATABASE`), so they never drop each other's."""
-FRAMEWORK_DEMOS = "app.demo.billing.with_langgraph,app.demo.billing.with_openai_agents,app.demo.billing.with_pydantic_ai"
-AGENT_MODULES = f"app.demo.billing,{FRAMEWORK_DEMOS},tests.agents"
-BILLING_AGENTS = ["billing", "billing_langgraph", "billing_openai_agents", "billing_pydantic_ai"]
+DEMO_MODULES = {"billing": "app.demo.billing", "billing_langgraph": "app.demo.billing.with_langgraph",
+                "billing_openai_agents": "app.demo.billing.with_openai_agents", "billing_pydantic_ai": "app.demo.billing.with_pydantic_ai"}
+BILLING_AGENTS = list(DEMO_MODULES)
 """The billing demo, Keel-native and in each framework: the behavioural tests run over all four."""
+WORKER_MODULES = "app.demo.billing,tests.agents"
+AGENT_MODULES = ",".join([*DEMO_MODULES.values(), "tests.agents", "tests.framework_agents"])
+"""What the shared worker loads. A worker a test starts loads `WORKER_MODULES` (importing the frameworks
+doubles a worker's start-up), plus `with_demo(agent)` where it runs a framework's demo."""
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)
 
@@ -90,7 +94,7 @@ def worker_env(database_url: str, model_url: str, api_keys: dict[str, str]) -> d
         "DATABASE_URL": database_url,
         "OPENAI_BASE_URL": f"{model_url}/v1",
         "OPENAI_API_KEY": "test-key",
-        "KEEL_AGENT_MODULES": AGENT_MODULES,
+        "KEEL_AGENT_MODULES": WORKER_MODULES,
         "PYTHONPATH": str(ROOT),
         "KEEL_API_KEY": api_keys["admin"],  # what the CLI and `Worker.client()` send
     }
@@ -118,9 +122,14 @@ def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..
 @pytest.fixture(scope="session")
 def service(worker_env: dict[str, str], logs: Path) -> Iterator[Worker]:
     """The worker most tests share."""
-    worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": "shared"}, log=logs / "worker-shared.log").start()
+    worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": "shared", "KEEL_AGENT_MODULES": AGENT_MODULES}, log=logs / "worker-shared.log").start()
     yield worker
     worker.stop()
+
+
+def with_demo(agent: str) -> dict[str, str]:
+    """The environment of a started worker that runs `agent` (one of `BILLING_AGENTS`)."""
+    return {"KEEL_AGENT_MODULES": f"{WORKER_MODULES},{DEMO_MODULES[agent]}"}
 
 
 @pytest.fixture

@@ -109,6 +109,8 @@ class AgentRun:
         self.turn = 0
         self.sent = 0
         self.deadline: float | None = None
+        self.halted: Halted | None = None
+        """Set once the run failed: every later call is refused, in case a framework swallowed the failure."""
         # A framework may run several tool calls at once; one at a time keeps the order of step IDs
         # the order the calls were made in, so a recovered run replays the same steps.
         self.tool_lock = asyncio.Lock()
@@ -119,6 +121,7 @@ class AgentRun:
             started_at = await self.ops.event("run_started", {"agent": self.agent.name, "input": user_input})
             self.deadline = started_at + self.agent.max_seconds if self.agent.max_seconds else None
             output = await self.agent.drive(self, user_input)
+            self.refuse_after_failure()  # a framework that swallowed the run's failure does not make it a success
             await self.ops.event("run_finished", {"status": "succeeded", "turns": self.turn})
             return output
         except Halted as halted:
@@ -160,6 +163,7 @@ class AgentRun:
         """One model call (a durable step, retried by the agent's policy): the assistant message, as
         Chat Completions JSON. Past `max_turns` or a budget, or when the call fails, the run fails.
         `label` names who asks (a framework's agent), for the timeline."""
+        self.refuse_after_failure()
         agent = self.agent
         if self.turn >= agent.max_turns:
             await self.fail("max_turns_exceeded", f"no final answer after {agent.max_turns} turns")
@@ -178,6 +182,7 @@ class AgentRun:
     async def call_tool(self, call: dict[str, Any]) -> str:
         """Run one of the model's tool calls (`{"id", "function": {"name", "arguments"}}`); returns the
         content (JSON text) of the tool message that answers it. A failure the model cannot fix fails the run."""
+        self.refuse_after_failure()
         async with self.tool_lock:
             return json.dumps(await self.tool_outcome(call))
 
@@ -205,16 +210,22 @@ class AgentRun:
 
     async def record(self, kind: str, payload: dict[str, Any]) -> None:
         """An event of the framework's own (a handoff) in the run's timeline, as a step."""
+        self.refuse_after_failure()
         await self.ops.event(kind, payload)
 
     async def ask_person(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
         """Wait (durably) for a person's decision on `name` with these arguments: a framework's own
         pause for a human (a LangGraph `interrupt`) as a Keel approval. A rejection under
         `on_reject="fail"` fails the run; otherwise the settled decision is returned."""
+        self.refuse_after_failure()
         decision = await self.ops.approval(name, policy, arguments, call_id)
         if decision["status"] != "approved" and policy.on_reject == "fail":
             await self.fail("approval_rejected", f"{name}: a person did not approve ({decision['status']}): {decision['comment'] or 'no comment'}")
         return decision
+
+    def refuse_after_failure(self) -> None:
+        if self.halted is not None:
+            raise self.halted
 
     async def check_budgets(self) -> None:
         """Refuse the next model call once a budget is spent (totals come from recorded outputs)."""
@@ -236,9 +247,10 @@ class AgentRun:
         await self.ops.event("run_finished", {"status": "failed", "reason": reason, "message": message})
         if needs_rollback(self.agent, self.tools_used):
             await self.ops.rollback(reason)
+        self.halted = Halted(RunFailed(reason, message))
         if halt:
-            raise Halted(RunFailed(reason, message))
-        raise RunFailed(reason, message)
+            raise self.halted
+        raise self.halted.failure
 
 
 def leaves(group: BaseExceptionGroup) -> list[Any]:

@@ -36,7 +36,7 @@ from pydantic import ConfigDict
 from steps.errors import UserError
 from steps.tools import ApprovalPolicy, Tool, tool
 from workflows.agent import Agent, OutputT, Turns
-from workflows.agent_loop import current_run
+from workflows.agent_loop import Halted, current_run
 
 __all__ = ["ChatKeel", "KeelTool", "LangGraphAgent", "langchain_tools"]
 
@@ -61,13 +61,24 @@ class ChatKeel(BaseChatModel):
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                          **kwargs: Any) -> ChatResult:
-        reply = await current_run().ask_model(convert_to_openai_messages(messages), kwargs.get("tools") or [])
+        try:
+            reply = await current_run().ask_model(convert_to_openai_messages(messages), kwargs.get("tools") or [])
+        except Halted as halted:  # LangChain's async callbacks mishandle a BaseException: carry it as an Exception to `drive`
+            raise RunHalted(halted) from None
         calls = [{"name": c["function"]["name"], "args": json.loads(c["function"]["arguments"] or "{}"), "id": c["id"], "type": "tool_call"}
                  for c in reply.get("tool_calls") or []]
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=reply["content"] or "", tool_calls=calls))])
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
         raise UserError("ChatKeel is asynchronous: Keel runs the graph with ainvoke")
+
+
+class RunHalted(Exception):
+    """The run failed during a model call; `LangGraphAgent.drive` raises the `Halted` it carries."""
+
+    def __init__(self, halted: Halted) -> None:
+        super().__init__(str(halted))
+        self.halted = halted
 
 
 class KeelTool(BaseTool):
@@ -122,16 +133,23 @@ class LangGraphAgent(Agent[OutputT]):
     async def drive(self, run: Turns, user_input: str) -> Any:
         graph = self.graph.copy({"checkpointer": InMemorySaver()})  # a run's own scratch space, for interrupts
         config = {"configurable": {"thread_id": uuid.uuid4().hex}, "recursion_limit": 4 * self.max_turns + 10}
-        state = await graph.ainvoke({"messages": [HumanMessage(user_input)]}, config)
+
+        async def invoke(graph_input: Any) -> dict[str, Any]:
+            try:
+                return await graph.ainvoke(graph_input, config)
+            except RunHalted as stopped:
+                raise stopped.halted from None
+
+        state = await invoke({"messages": [HumanMessage(user_input)]})
         while True:
             if state.get("__interrupt__"):
-                state = await graph.ainvoke(Command(resume=await self.decide(run, state["__interrupt__"])), config)
+                state = await invoke(Command(resume=await self.decide(run, state["__interrupt__"])))
                 continue
             output, problem = self.parse_output(final_text(state))
             if problem is None:
                 return output
             await run.reask(problem)
-            state = await graph.ainvoke({"messages": [HumanMessage(f"Your final answer was not accepted: {problem}. Try again.")]}, config)
+            state = await invoke({"messages": [HumanMessage(f"Your final answer was not accepted: {problem}. Try again.")]})
 
     async def decide(self, run: Turns, interrupts: list[Any]) -> Any:
         """A person's decision on the graph's (first) interrupt, through Keel's approval inbox."""
