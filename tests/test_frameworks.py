@@ -9,13 +9,14 @@ from collections.abc import Callable
 import httpx
 import psycopg
 import pytest
+from langchain_core.tools import tool as langchain_tool
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.conftest import WORKER_MODULES, fetch_value, wait_for_approval, wait_for_run
 from tests.framework_agents import refund_graph
 from tests.processes import ROOT, Worker
 from workflows import UserError
-from workflows.frameworks.langgraph import ChatKeel, LangGraphAgent
+from workflows.frameworks.langgraph import ChatKeel, LangGraphAgent, from_langchain, langchain_tools
 
 FRAMEWORK_BILLING_AGENTS = ["billing_langgraph", "billing_openai_agents", "billing_pydantic_ai"]
 
@@ -139,3 +140,23 @@ except ModuleNotFoundError:
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "core ok", done.stderr
+
+
+async def test_an_existing_langchain_tool_takes_the_options_of_keel_tools() -> None:
+    @langchain_tool
+    async def search(query: str, limit: int = 3) -> str:
+        """Search the knowledge base.
+
+        Args:
+            query: What to look for.
+            limit: How many hits.
+        """
+        return f"{limit} hits for {query}"
+
+    wrapped = from_langchain(search, irreversible=True, dependency="knowledge-base")
+    parameters = wrapped.schema()["function"]["parameters"]
+
+    assert (wrapped.name, wrapped.irreversible, wrapped.dependency) == ("search", True, "knowledge-base")
+    assert parameters["required"] == ["query"] and parameters["properties"]["query"]["description"] == "What to look for."
+    assert await wrapped.invoke(None, {"query": "refunds"}) == "3 hits for refunds"  # type: ignore[arg-type]
+    assert langchain_tools([search])[0].keel.name == "search"

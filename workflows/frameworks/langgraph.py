@@ -17,6 +17,7 @@ own saved state while Keel replays the run from the start, so the two would disa
 each run an in-memory checkpointer of its own, which LangGraph needs to pause at an interrupt and
 resume; it is dropped when the run ends and nothing relies on it across a crash."""
 
+import inspect
 import json
 import uuid
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from steps.tools import ApprovalPolicy, Tool, tool
 from workflows.agent import Agent, OutputT, Turns
 from workflows.agent_loop import Halted, current_run
 
-__all__ = ["ChatKeel", "KeelTool", "LangGraphAgent", "langchain_tools"]
+__all__ = ["ChatKeel", "KeelTool", "LangGraphAgent", "from_langchain", "langchain_tools"]
 
 INTERRUPT = "interrupt"
 """The tool name an interrupt's approval request is filed under, in the inbox and the timeline."""
@@ -101,10 +102,32 @@ class KeelTool(BaseTool):
         raise UserError(f"tool {self.name} is asynchronous: Keel runs the graph with ainvoke")
 
 
-def langchain_tools(tools: Sequence[Tool | Any]) -> list[KeelTool]:
-    """Keel tools (or plain async functions, made tools as `@tool` would) as LangChain tools."""
-    built = [t if isinstance(t, Tool) else tool(t) for t in tools]
+def langchain_tools(tools: Sequence[Tool | BaseTool | Any]) -> list[KeelTool]:
+    """Keel tools as LangChain tools. A plain async function is made a tool as `@tool` makes it, an
+    existing LangChain tool as `from_langchain` makes it (use that to give it `@tool`'s options)."""
+    built = [t if isinstance(t, Tool) else from_langchain(t) if isinstance(t, BaseTool) else tool(t) for t in tools]
     return [KeelTool(name=t.name, description=t.description, args_schema=t.arguments, keel=t) for t in built]
+
+
+def from_langchain(existing: BaseTool, **options: Any) -> Tool:
+    """An existing LangChain tool as a Keel tool, with `@tool`'s options (`reconcile=`, `compensation=`,
+    `requires_approval=`, `irreversible=`, `idempotency_key=`, `retry=`, ...): its calls then go through
+    the ledger. Its name, description and argument schema are the LangChain tool's."""
+    if isinstance(existing, KeelTool):
+        return existing.keel
+    fields = existing.get_input_schema().model_fields
+
+    async def call(**arguments: Any) -> Any:
+        return await existing.ainvoke(arguments)
+
+    call.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=field.annotation,
+                          default=inspect.Parameter.empty if field.is_required() else field.default)
+        for name, field in fields.items()])
+    call.__annotations__ = {name: field.annotation for name, field in fields.items()}
+    args = "".join(f"\n    {name}: {field.description}" for name, field in fields.items() if field.description)
+    call.__doc__ = f"{existing.description}\n\nArgs:{args}" if args else existing.description
+    return tool(call, name=existing.name, **options)
 
 
 class LangGraphAgent(Agent[OutputT]):
