@@ -4,10 +4,7 @@ handles raw dicts:
 
     async with KeelClient("http://127.0.0.1:8000", api_key=KEY) as keel:
         run = await keel.start(billing, "Upgrade customer C-42 to the pro plan")   # RunView
-        resolution = await keel.result(billing, run.run_id)                        # a Resolution
-
-`KeelClient(app=keel_app)` talks to a Keel app in the same process (over ASGI, with the same
-validation and keys), for an application that mounts Keel instead of calling it over the network."""
+        resolution = await keel.result(billing, run.run_id)                        # a Resolution"""
 
 import asyncio
 import time
@@ -39,10 +36,9 @@ class APIError(KeelError):
 
 
 class KeelClient:
-    def __init__(self, base_url: str = "http://keel", api_key: str | None = None, *, app: Any = None, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        transport = httpx.ASGITransport(app=app) if app is not None else None
-        self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+        self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
 
     async def __aenter__(self) -> Self:
         return self

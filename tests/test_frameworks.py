@@ -160,3 +160,23 @@ async def test_an_existing_langchain_tool_takes_the_options_of_keel_tools() -> N
     assert parameters["required"] == ["query"] and parameters["properties"]["query"]["description"] == "What to look for."
     assert await wrapped.invoke(None, {"query": "refunds"}) == "3 hits for refunds"  # type: ignore[arg-type]
     assert langchain_tools([search])[0].keel.name == "search"
+
+
+async def test_a_framework_run_forks_with_another_model_but_not_other_instructions(api: httpx.AsyncClient, db: psycopg.AsyncConnection,
+                                                                                   customer: str) -> None:
+    run = await wait_for_run(api, await start(api, "billing_pydantic_ai", f"Upgrade customer {customer} to the pro plan"))
+    from_step = await fetch_value(db, "SELECT step_id FROM keel.events WHERE run_id = %s AND kind = 'tool_call' AND payload ->> 'tool' = 'update_plan'",
+                                  run["run_id"])
+
+    refused = await api.post(f"/v1/runs/{run['run_id']}/fork", json={"from_step": from_step, "instructions": "Be brief."})
+    response = await api.post(f"/v1/runs/{run['run_id']}/fork", json={"from_step": from_step, "model": "scripted-2"})
+    fork = await wait_for_run(api, response.json()["run_id"])
+
+    assert refused.status_code == 422 and "model only" in refused.json()["error"]["message"]
+    assert fork["status"] == "succeeded", fork
+    live = await (await db.execute("SELECT tool FROM keel.tool_calls WHERE run_id = %s ORDER BY step_id", (fork["run_id"],))).fetchall()
+    assert live == [("update_plan",), ("send_email",)]  # the framework ran again from the start; the calls before the fork were served
+    assert await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer) == 1
+    models = await (await db.execute("SELECT DISTINCT payload ->> 'model' FROM keel.events WHERE run_id = %s AND kind = 'llm_request'",
+                                     (fork["run_id"],))).fetchall()
+    assert models == [("scripted-2",)]

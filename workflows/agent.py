@@ -3,7 +3,7 @@
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Generic, NoReturn, Protocol
+from typing import Any, ClassVar, Generic, NoReturn, Protocol
 
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypeVar
@@ -47,6 +47,9 @@ class Agent(Generic[OutputT]):
     `name` is its durable identity (recorded with every run), so it is required and unique.
     Mistakes in the declaration raise `UserError` here, not on turn seven. `Agent[Resolution]`
     (inferred from `output_type`) gives a typed `result()`."""
+
+    framework: ClassVar[str | None] = None
+    """The framework whose loop reasons (`workflows.frameworks`), or None for Keel's own."""
 
     def __init__(
         self,

@@ -141,6 +141,8 @@ class LangGraphAgent(Agent[OutputT]):
     approval policy of an `interrupt()` (its deadline, what expiry and rejection mean). Every other
     keyword is `Agent`'s; a step of the graph counts as a turn only when it calls the model."""
 
+    framework = "langgraph"
+
     def __init__(self, name: str, graph: Pregel, *, tools: Sequence[Tool] | None = None,
                  interrupts: ApprovalPolicy = INTERRUPTS, **options: Any) -> None:
         if not isinstance(graph, Pregel):

@@ -117,6 +117,8 @@ class OpenAIAgentsAgent(Agent[OutputT]):
     `Agent`'s; `tools` defaults to the Keel tools of the starting agent and of every agent it can
     reach by handoffs."""
 
+    framework = "openai-agents"
+
     def __init__(self, name: str, agent: SDKAgent[Any], *, tools: Sequence[Tool] | None = None, **options: Any) -> None:
         if not isinstance(agent, SDKAgent):
             raise UserError(f"agent {name!r} needs an agents.Agent")

@@ -139,6 +139,8 @@ class PydanticAIAgent(Agent[OutputT]):
     `result.output` (as JSON). `tools` are the Keel tools it may call; every other keyword is `Agent`'s
     (`output_type` there types `result()`; the Pydantic AI agent's own `output_type` shapes the answer)."""
 
+    framework = "pydantic-ai"
+
     def __init__(self, name: str, agent: PydanticAgent[Any, Any], *, tools: Sequence[Tool | Any] = (), **options: Any) -> None:
         if not isinstance(agent, PydanticAgent):
             raise UserError(f"agent {name!r} needs a pydantic_ai.Agent")
