@@ -14,6 +14,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEL = Path(sys.executable).parent / "keel"
+START_TIMEOUT = 240.0
+"""Seconds a process may take to come up: the shared worker imports every framework (about 10 s on an
+idle machine, two minutes on the shared one at a load of 25)."""
 
 
 def free_port() -> int:
@@ -22,7 +25,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

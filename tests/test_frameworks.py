@@ -96,10 +96,12 @@ async def test_agents_sdk_handoffs_show_in_the_timeline(api: httpx.AsyncClient, 
 
 
 @pytest.mark.parametrize("agent", FRAMEWORK_BILLING_AGENTS)
-async def test_a_model_failure_ends_the_run_through_the_frameworks_own_loop(agent: str, api: httpx.AsyncClient, model: httpx.AsyncClient,
-                                                                            db: psycopg.AsyncConnection, customer: str) -> None:
-    # The model call after the ticket is refused for good (a 400): the framework must not swallow the run's failure.
-    after = 3 if agent == "billing_openai_agents" else 2  # its triage agent's call comes first
+async def test_model_calls_are_keel_model_steps_and_a_failure_ends_the_run_through_the_frameworks_loop(
+        agent: str, api: httpx.AsyncClient, model: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
+    # The first call meets a 503 with Retry-After (Keel retries it); the call after the ticket a 400 (the run fails, the ticket is
+    # undone): the framework must neither retry on its own nor swallow the run's failure.
+    after = 4 if agent == "billing_openai_agents" else 3  # the 503's retry and, in the SDK, its triage agent's call come first
+    await model.post("/faults", json={"kind": "status", "status": 503, "retry_after": 0.2, "match": customer, "times": 1})
     await model.post("/faults", json={"kind": "status", "status": 400, "match": customer, "after": after, "times": 1})
 
     run = await wait_for_run(api, await start(api, agent, f"Upgrade customer {customer} to the pro plan"))
@@ -107,6 +109,10 @@ async def test_a_model_failure_ends_the_run_through_the_frameworks_own_loop(agen
     assert (run["status"], run["reason"]) == ("compensated", "model_failed"), run
     assert [(c["tool"], c["status"]) for c in run["compensations"]] == [("create_ticket", "succeeded")]
     assert await fetch_value(db, "SELECT string_agg(status, ',') FROM sandbox.tickets WHERE customer_id = %s", customer) == "closed"
+    retries = await (await db.execute("SELECT payload -> 'error' ->> 'status', (payload ->> 'wait')::float FROM keel.events WHERE run_id = %s AND kind = 'retry'",
+                                      (run["run_id"],))).fetchall()
+    assert len(retries) == 1 and retries[0][0] == "503" and retries[0][1] >= 0.2  # Retry-After honoured
+    assert await fetch_value(db, "SELECT count(*) FROM dbos.streams WHERE workflow_uuid = %s AND value LIKE '%%token%%'", run["run_id"]) > 0
 
 
 def test_a_graph_with_a_checkpointer_of_its_own_is_refused() -> None:

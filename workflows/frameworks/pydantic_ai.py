@@ -39,7 +39,7 @@ from pydantic_ai.usage import UsageLimits
 from pydantic_core import SchemaValidator, core_schema
 
 from steps.errors import UserError
-from steps.tools import Tool, tool
+from steps.tools import Tool
 from workflows.agent import Agent, OutputT, Turns
 from workflows.agent_loop import current_run
 
@@ -146,7 +146,7 @@ class PydanticAIAgent(Agent[OutputT]):
             raise UserError(f"agent {name!r} needs a pydantic_ai.Agent")
         super().__init__(name, instructions=options.pop("instructions", ""), tools=list(tools), **options)
         self.agent = agent
-        self.toolset = KeelToolset([t if isinstance(t, Tool) else tool(t) for t in self.tools.values()])
+        self.toolset = KeelToolset(list(self.tools.values()))
 
     async def drive(self, run: Turns, user_input: str) -> Any:
         # Keel's `max_turns` is the limit that counts: Pydantic AI's own stops one request later.
