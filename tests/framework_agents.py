@@ -44,3 +44,16 @@ refund_langgraph = LangGraphAgent("refund_langgraph", refund_graph(), tools=[ope
 refund_langgraph_quick = LangGraphAgent("refund_langgraph_quick", refund_graph(), tools=[open_ticket], interrupts=ApprovalPolicy(required=True, timeout=1))
 refund_langgraph_strict = LangGraphAgent("refund_langgraph_strict", refund_graph(), tools=[open_ticket],
                                          interrupts=ApprovalPolicy(required=True, on_reject="fail"))
+
+
+def broken_graph() -> Any:
+    async def broken(state: State) -> dict[str, Any]:
+        raise RuntimeError("the node broke")
+
+    graph = StateGraph(State)
+    graph.add_node("broken", broken)
+    graph.add_edge(START, "broken")
+    return graph.compile()
+
+
+broken_langgraph = LangGraphAgent("broken_langgraph", broken_graph(), tools=[])

@@ -1,5 +1,8 @@
 """LangGraph, the OpenAI Agents SDK and Pydantic AI inside Keel runs: what each framework adds beyond
-the billing scenarios that all four billing agents pass (tests/test_demo_happy_path.py and others)."""
+the billing scenarios that all four billing agents pass (tests/test_demo_happy_path.py and others).
+
+The test agents live in `tests.framework_agents`, which only workers import: an agent registered in
+this process when tests are collected would change the OpenAPI document `test_api_fuzz` fuzzes."""
 
 import json
 import subprocess
@@ -11,9 +14,9 @@ import psycopg
 import pytest
 from langchain_core.tools import tool as langchain_tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
 
 from tests.conftest import WORKER_MODULES, fetch_value, wait_for_approval, wait_for_run
-from tests.framework_agents import refund_graph
 from tests.processes import ROOT, Worker
 from workflows import UserError
 from workflows.frameworks.langgraph import ChatKeel, LangGraphAgent, from_langchain, langchain_tools
@@ -100,7 +103,7 @@ async def test_model_calls_are_keel_model_steps_and_a_failure_ends_the_run_throu
         agent: str, api: httpx.AsyncClient, model: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
     # The first call meets a 503 with Retry-After (Keel retries it); the call after the ticket a 400 (the run fails, the ticket is
     # undone): the framework must neither retry on its own nor swallow the run's failure.
-    after = 4 if agent == "billing_openai_agents" else 3  # the 503's retry and, in the SDK, its triage agent's call come first
+    after = 3 if agent == "billing_openai_agents" else 2  # model calls before the 400 (the 503's retry is not counted); the SDK's triage first
     await model.post("/faults", json={"kind": "status", "status": 503, "retry_after": 0.2, "match": customer, "times": 1})
     await model.post("/faults", json={"kind": "status", "status": 400, "match": customer, "after": after, "times": 1})
 
@@ -115,10 +118,19 @@ async def test_model_calls_are_keel_model_steps_and_a_failure_ends_the_run_throu
     assert await fetch_value(db, "SELECT count(*) FROM dbos.streams WHERE workflow_uuid = %s AND value LIKE '%%token%%'", run["run_id"]) > 0
 
 
+async def test_a_framework_that_breaks_ends_the_run_with_a_reason(api: httpx.AsyncClient) -> None:
+    run = await wait_for_run(api, await start(api, "broken_langgraph", "hello"))
+
+    assert (run["status"], run["reason"]) == ("failed", "internal_error"), run
+    assert "the node broke" in run["error"]
+
+
 def test_a_graph_with_a_checkpointer_of_its_own_is_refused() -> None:
-    graph = refund_graph().copy({"checkpointer": InMemorySaver()})
+    graph = StateGraph(MessagesState)
+    graph.add_node("nothing", lambda state: {})
+    graph.add_edge(START, "nothing")
     with pytest.raises(UserError, match="checkpointer"):
-        LangGraphAgent("refund_with_a_checkpointer", graph)
+        LangGraphAgent("saves-its-own-state", graph.compile(checkpointer=InMemorySaver()))
 
 
 async def test_the_seams_refuse_to_run_outside_a_keel_run() -> None:

@@ -128,9 +128,11 @@ class AgentRun:
             raise halted.failure from None
         except BaseExceptionGroup as group:  # a framework's task group gathered it
             halted = group.subgroup(Halted)
-            if halted is None:
+            if halted is not None:
+                raise leaves(halted)[0].failure from None
+            if not isinstance(group, Exception):  # DBOS's cancellation, say
                 raise
-            raise leaves(halted)[0].failure from None
+            await self.fail("internal_error", f"{type(group).__name__}: {group}", halt=False)
         except RunFailed:
             raise
         except Exception as exc:  # a bug in a tool's code path, a framework or Keel: still a terminal state with a reason
