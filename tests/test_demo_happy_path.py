@@ -27,6 +27,9 @@ async def test_upgrade_to_pro_charges_once_and_changes_the_plan(agent: str, api:
     assert await fetch_value(db, "SELECT sum(amount_cents) FROM sandbox.payments WHERE customer_id = %s", customer) == 4900
     assert await fetch_value(db, "SELECT count(*) FROM sandbox.emails WHERE recipient = %s", f"{customer.lower()}@example.com") == 1
     assert await fetch_value(db, "SELECT status FROM dbos.workflow_status WHERE workflow_uuid = %s", run_id) == "SUCCESS"
+    streamed = await fetch_value(db, """SELECT string_agg(value::jsonb ->> 'token', '' ORDER BY "offset") FROM dbos.streams
+                                        WHERE workflow_uuid = %s AND value::jsonb ? 'token'""", run_id)
+    assert '"amount_cents": 4900' in streamed  # the final answer reached the live feed as it was written
     ledger = await (await db.execute(
         "SELECT tool, status, attempts FROM keel.tool_calls WHERE run_id = %s ORDER BY step_id", (run_id,))).fetchall()
     assert ledger == [
