@@ -1,14 +1,14 @@
 """Frameworks inside a run: the timeline says which agent of a framework asks the model, and a handoff
 between agents (the OpenAI Agents SDK's) is an event of its own.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
