@@ -77,7 +77,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
-    billing.configure(settings.sandbox_base_url)
+    sandbox_clients = billing.configure(settings.sandbox_base_url)
     DBOS(config=dbos_config(settings, url))
     queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
                      global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval,
@@ -98,6 +98,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
             retention.cancel()
         DBOS.destroy(workflow_completion_timeout_sec=0)
         await model.close()
+        await sandbox_clients.http.aclose()
         await pool.close()
         await sandbox_pool.close()
         db.configure(None)

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from steps import breaker, db, events, failpoints, ids
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, retrying
-from steps.tools import Tool, ToolContext
+from steps.tools import Tool, ToolContext, provided
 
 RECORD_INTENT = """
 WITH previous AS (SELECT status FROM keel.tool_calls WHERE idempotency_key = %(key)s)
@@ -106,7 +106,8 @@ class Call:
                 status, result = await (await conn.execute(LOCK, (self.key,))).fetchone()
                 if status == "succeeded":  # another attempt finished while we waited for the lock
                     return Outcome(result, attempts, deduplicated=True)
-                ctx = ToolContext(run_id=self.run_id, tool_call_id=self.tool_call_id, idempotency_key=self.key, attempt=attempts, db=conn)
+                ctx = ToolContext(run_id=self.run_id, tool_call_id=self.tool_call_id, idempotency_key=self.key, attempt=attempts, db=conn,
+                                  deps=provided(self.tool.deps_type))
                 async with asyncio.timeout(self.tool.timeout):
                     found = await self.tool.reconciled(ctx) if previous == "started" else None
                     value = found if found is not None else await self.tool.invoke(ctx, self.arguments)

@@ -71,6 +71,8 @@ class ModelRequest:
     timeout: float | None = None
     deadline: float | None = None
     """Epoch seconds after which the run's wall-clock budget refuses the call."""
+    label: str | None = None
+    """Who asks, when a run holds several agents (an Agents SDK handoff's target): in the `llm_request` event."""
 
 
 @DBOS.step(name="keel.llm", **OUTAGE_RETRIES)
@@ -82,8 +84,8 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
     if request.deadline is not None and time.time() > request.deadline:
         return {"ok": False, "error": {"kind": "budget", "type": "BudgetExceeded", "message": "the run's wall-clock budget is spent"}}
     dependency = f"model:{client().base_url}"
-    await events.record(run_id, step_id, "llm_request", {"model": model, "turn": request.turn, "messages": request.messages[request.already_sent:]},
-                        attempt=first_attempt)
+    asked = {"model": model, "turn": request.turn, "messages": request.messages[request.already_sent:]}
+    await events.record(run_id, step_id, "llm_request", {**asked, "agent": request.label} if request.label else asked, attempt=first_attempt)
     failpoints.hit(f"llm.before_request:{request.turn}")
 
     async def attempt(number: int) -> tuple[ChatCompletion, float, int]:

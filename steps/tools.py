@@ -8,7 +8,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_type_hints
+from typing import Any, Generic, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from psycopg import AsyncConnection
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
@@ -20,9 +20,15 @@ TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
 
 
+DepsT = TypeVar("DepsT")
+
+
 @dataclass(frozen=True, kw_only=True)
-class ToolContext:
-    """What a tool may know about its call. Send `idempotency_key` to external APIs."""
+class ToolContext(Generic[DepsT]):
+    """What a tool may know about its call. Send `idempotency_key` to external APIs.
+
+    Annotate it `ToolContext[Clients]` to be handed the `Clients` object the application provided at
+    start-up (`provide(Clients(...))`) as `ctx.deps`; a bare `ToolContext` gets `deps=None`."""
 
     run_id: str
     tool_call_id: str
@@ -30,6 +36,38 @@ class ToolContext:
     attempt: int
     db: AsyncConnection
     """The ledger's transaction: writes made here commit exactly once, with the call's outcome."""
+    deps: DepsT
+
+
+_provided: dict[type, Any] = {}
+
+
+def provide(deps: Any) -> None:
+    """Make `deps` the `ctx.deps` of every tool whose context is annotated `ToolContext[type(deps)]`.
+
+    The application calls this at start-up with the clients its tools need (an HTTP client, say), so
+    no tool reaches them through a module global; providing another object of the type replaces it."""
+    _provided[type(deps)] = deps
+
+
+def provided(deps_type: type | None) -> Any:
+    """The object provided for `deps_type` (None for a tool that asks for none)."""
+    if deps_type is None:
+        return None
+    try:
+        return _provided[deps_type]
+    except KeyError:
+        raise UserError(f"no {deps_type.__name__} was provided: call workflows.provide({deps_type.__name__}(...)) at start-up") from None
+
+
+def context_deps_type(annotation: Any) -> tuple[bool, type | None]:
+    """Whether `annotation` is a `ToolContext` (bare or `ToolContext[X]`), and X."""
+    if annotation is ToolContext:
+        return True, None
+    if get_origin(annotation) is ToolContext:
+        (deps_type,) = get_args(annotation)
+        return True, deps_type
+    return False, None
 
 
 Reconcile = Callable[[ToolContext], Awaitable[Any]]
@@ -68,6 +106,8 @@ class Tool:
     description: str
     arguments: type[BaseModel]
     takes_ctx: bool
+    deps_type: type | None
+    """The `X` of the function's `ctx: ToolContext[X]`: what `ctx.deps` is."""
     result: TypeAdapter[Any]
     retry: RetryPolicy
     approval: ApprovalPolicy
@@ -182,7 +222,7 @@ def _build_tool(fn: Callable[..., Awaitable[Any]], *, name: str | None, idempote
     hints = get_type_hints(fn)
     summary, arg_help = _parse_docstring(inspect.getdoc(fn) or "")
     params = list(inspect.signature(fn).parameters.values())
-    takes_ctx = bool(params) and hints.get(params[0].name) is ToolContext
+    takes_ctx, deps_type = context_deps_type(hints.get(params[0].name)) if params else (False, None)
     fields: dict[str, Any] = {}
     for param in params[1:] if takes_ctx else params:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -198,6 +238,7 @@ def _build_tool(fn: Callable[..., Awaitable[Any]], *, name: str | None, idempote
         description=summary or tool_name,
         arguments=arguments,
         takes_ctx=takes_ctx,
+        deps_type=deps_type,
         result=TypeAdapter(hints.get("return", Any)),
         retry=retry or RetryPolicy(),
         approval=approval,

@@ -6,14 +6,14 @@ import hashlib
 from typing import Any
 
 from app.demo.billing import Resolution, billing
-from app.demo.billing.tools import http
+from app.demo.billing.tools import Sandbox
 from workflows import Agent, ApprovalPolicy, AskModel, PermanentToolError, RetryPolicy, ToolContext, TransientToolError, tool
 
 
 @tool
-async def pay(ctx: ToolContext, customer_id: str, amount_cents: int) -> dict[str, Any]:
+async def pay(ctx: ToolContext[Sandbox], customer_id: str, amount_cents: int) -> dict[str, Any]:
     """Charge through the payments sandbox, relying on its Idempotency-Key alone (no reconcile)."""
-    response = await http().post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
+    response = await ctx.deps.http.post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
                                  json={"customer_id": customer_id, "amount_cents": amount_cents, "description": "probe"})
     response.raise_for_status()
     return response.json()
@@ -87,9 +87,9 @@ probe = Agent(
 
 
 @tool(dependency="payments-guarded", retry=RetryPolicy(max_attempts=10, initial_delay=0.01, max_delay=0.05))
-async def pay_guarded(ctx: ToolContext, customer_id: str, amount_cents: int) -> dict[str, Any]:
+async def pay_guarded(ctx: ToolContext[Sandbox], customer_id: str, amount_cents: int) -> dict[str, Any]:
     """Charge through the payments sandbox, behind a circuit breaker of its own."""
-    response = await http().post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
+    response = await ctx.deps.http.post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
                                  json={"customer_id": customer_id, "amount_cents": amount_cents, "description": "guarded"})
     response.raise_for_status()
     return response.json()
@@ -110,9 +110,9 @@ def response_lost(key: str, attempt: int, rate: float = 0.05) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
-async def charge_step(ctx: ToolContext, customer_id: str, n: int) -> dict[str, Any]:
+async def charge_step(ctx: ToolContext[Sandbox], customer_id: str, n: int) -> dict[str, Any]:
     """Charge one cent for step n. One response in twenty is lost after the charge went through."""
-    response = await http().post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
+    response = await ctx.deps.http.post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
                                  json={"customer_id": customer_id, "amount_cents": 1, "description": f"step {n}"})
     response.raise_for_status()
     if response_lost(ctx.idempotency_key, ctx.attempt):

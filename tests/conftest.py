@@ -28,7 +28,14 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 TEST_DATABASE = os.environ.get("KEEL_TEST_DATABASE", "keel_test") + (f"_{XDIST_WORKER}" if XDIST_WORKER else "")
 """Several checkouts sharing one server each set their own (`KEEL_TEST_DATABASE`), so they never drop each
 other's; `pytest -n N` gives each of its workers its own too."""
-AGENT_MODULES = "app.demo.billing,tests.agents"
+DEMO_MODULES = {"billing": "app.demo.billing", "billing_langgraph": "app.demo.billing.with_langgraph",
+                "billing_openai_agents": "app.demo.billing.with_openai_agents", "billing_pydantic_ai": "app.demo.billing.with_pydantic_ai"}
+BILLING_AGENTS = list(DEMO_MODULES)
+"""The billing demo, Keel-native and in each framework: the behavioural tests run over all four."""
+WORKER_MODULES = "app.demo.billing,tests.agents"
+AGENT_MODULES = ",".join([*DEMO_MODULES.values(), "tests.agents", "tests.framework_agents"])
+"""What the shared worker loads. A worker a test starts loads `WORKER_MODULES` (importing the frameworks
+doubles a worker's start-up), plus `with_demo(agent)` where it runs a framework's demo."""
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)
 
@@ -104,7 +111,7 @@ def worker_env(database_url: str, model_url: str, api_keys: dict[str, str]) -> d
         "DATABASE_URL": database_url,
         "OPENAI_BASE_URL": f"{model_url}/v1",
         "OPENAI_API_KEY": "test-key",
-        "KEEL_AGENT_MODULES": AGENT_MODULES,
+        "KEEL_AGENT_MODULES": WORKER_MODULES,
         "KEEL_DEMO_SERVICES": "on",  # the billing demo's tools call this worker's /sandbox; a configured model turns it off by default
         "PYTHONPATH": str(ROOT),
         "KEEL_API_KEY": api_keys["admin"],  # what the CLI and `Worker.client()` send
@@ -133,9 +140,14 @@ def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..
 @pytest.fixture(scope="session")
 def service(worker_env: dict[str, str], logs: Path) -> Iterator[Worker]:
     """The worker most tests share."""
-    worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": "shared"}, log=logs / "worker-shared.log").start()
+    worker = Worker(env={**worker_env, "KEEL_EXECUTOR_ID": "shared", "KEEL_AGENT_MODULES": AGENT_MODULES}, log=logs / "worker-shared.log").start()
     yield worker
     worker.stop()
+
+
+def with_demo(agent: str) -> dict[str, str]:
+    """The environment of a started worker that runs `agent` (one of `BILLING_AGENTS`)."""
+    return {"KEEL_AGENT_MODULES": f"{WORKER_MODULES},{DEMO_MODULES[agent]}"}
 
 
 @pytest.fixture

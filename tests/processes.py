@@ -14,6 +14,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEL = Path(sys.executable).parent / "keel"
+START_TIMEOUT = 240.0
+"""Seconds a process may take to come up: the shared worker imports every framework (about 10 s on an
+idle machine, two minutes on the shared one at a load of 25)."""
 
 
 def free_port() -> int:
@@ -22,11 +25,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-STARTUP_TIMEOUT = 180.0
-"""A start takes seconds, but a machine shared by many test runs can make it take a minute or more."""
-
-
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT) -> None:
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -67,7 +66,7 @@ class Worker:
         kwargs.setdefault("timeout", 30)  # httpx's 5 s is shorter than a busy shared machine's slowest answers
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kwargs)
 
-    def start(self, timeout: float = STARTUP_TIMEOUT) -> "Worker":
+    def start(self, timeout: float = START_TIMEOUT) -> "Worker":
         env = {"KEEL_WORKERS": "1", **self.env, "KEEL_PORT": str(self.port)}  # one process, under the executor ID given
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([str(KEEL), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import AGENT_MODULES, TEST_DATABASE, fresh_database, make_key
+from tests.conftest import TEST_DATABASE, WORKER_MODULES, fresh_database, make_key
 from tests.processes import Worker
 
 pytestmark = pytest.mark.fuzz
@@ -83,7 +83,7 @@ def wait_until(api: httpx.Client, run_id: str, statuses: set[str], timeout: floa
 
 
 # The document this code serves (checked against the served one below): known when tests are collected.
-schema = schemathesis.openapi.from_dict(create_app(Settings(KEEL_AGENT_MODULES=AGENT_MODULES)).openapi()).include(path_regex=r"^/(v1/|healthz|readyz)")
+schema = schemathesis.openapi.from_dict(create_app(Settings(KEEL_AGENT_MODULES=WORKER_MODULES)).openapi()).include(path_regex=r"^/(v1/|healthz|readyz)")
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 # A valid request may still name a run, approval or key that does not exist (404), conflict with one
 # that does (409), or carry a page cursor no schema can describe (400, the only use of 400).

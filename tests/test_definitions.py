@@ -7,6 +7,7 @@ import pytest
 from pydantic import BaseModel
 
 import workflows
+from steps.tools import provided
 from workflows import Agent, ToolContext, UserError, tool
 
 
@@ -106,3 +107,35 @@ def test_the_public_api_is_pinned() -> None:
     exported = {name for name, value in vars(workflows).items() if not name.startswith("_") and not isinstance(value, ModuleType)}
     assert set(workflows.__all__) == exported
     assert {"Agent", "tool", "ToolContext", "RetryPolicy", "AskModel", "UserError"} <= set(workflows.__all__)
+
+
+def test_a_tool_gets_the_deps_its_context_asks_for() -> None:
+    class Payments:
+        pass
+
+    class Nothing:
+        pass
+
+    @tool
+    async def pay(ctx: ToolContext[Payments], amount_cents: int) -> None:
+        """Pay."""
+
+    payments = Payments()
+    workflows.provide(payments)
+
+    assert (pay.takes_ctx, pay.deps_type) == (True, Payments)
+    assert provided(Payments) is payments
+    assert provided(None) is None and refund.deps_type is None
+    with pytest.raises(UserError, match=r"no Nothing was provided: call workflows.provide\(Nothing\(...\)\)"):
+        provided(Nothing)
+
+
+def test_a_result_is_typed_by_its_agent() -> None:
+    class Answer(BaseModel):
+        total: int
+
+    typed = Agent("typed-answer", instructions="x", output_type=Answer)
+    plain = Agent("plain-answer", instructions="x")
+
+    assert typed.result({"total": 3}) == Answer(total=3)
+    assert plain.result("three") == "three"

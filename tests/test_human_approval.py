@@ -4,8 +4,9 @@ from collections.abc import Callable
 
 import httpx
 import psycopg
+import pytest
 
-from tests.conftest import fetch_value, wait_for_approval, wait_for_row, wait_for_run
+from tests.conftest import BILLING_AGENTS, fetch_value, wait_for_approval, wait_for_row, wait_for_run
 from tests.processes import Worker
 
 
@@ -15,8 +16,9 @@ async def start(api: httpx.AsyncClient, agent: str, text: str) -> str:
     return response.json()["run_id"]
 
 
-async def test_enterprise_upgrade_waits_for_approval_then_charges_once(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
-    run_id = await start(api, "billing", f"Upgrade customer {customer} to the enterprise plan")
+@pytest.mark.parametrize("agent", BILLING_AGENTS)
+async def test_enterprise_upgrade_waits_for_approval_then_charges_once(agent: str, api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
+    run_id = await start(api, agent, f"Upgrade customer {customer} to the enterprise plan")
     waiting = await wait_for_approval(api, run_id)
     inbox = (await api.get("/v1/approvals", params={"status": "pending"})).json()
     charged_before = await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer)
@@ -43,8 +45,10 @@ async def test_pro_upgrade_needs_no_approval(api: httpx.AsyncClient, db: psycopg
     assert await fetch_value(db, "SELECT count(*) FROM keel.approvals WHERE run_id = %s", run["run_id"]) == 0
 
 
-async def test_a_rejected_charge_is_told_to_the_model_and_nothing_is_charged(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
-    run_id = await start(api, "billing", f"Upgrade customer {customer} to the enterprise plan")
+@pytest.mark.parametrize("agent", BILLING_AGENTS)
+async def test_a_rejected_charge_is_told_to_the_model_and_nothing_is_charged(agent: str, api: httpx.AsyncClient, db: psycopg.AsyncConnection,
+                                                                             customer: str) -> None:
+    run_id = await start(api, agent, f"Upgrade customer {customer} to the enterprise plan")
     waiting = await wait_for_approval(api, run_id)
 
     await api.post(f"/v1/approvals/{waiting['approval_id']}", json={"decision": "reject", "comment": "too expensive"})

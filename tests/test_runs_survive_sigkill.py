@@ -7,19 +7,19 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import fetch_value, wait_for_row, wait_for_run
+from tests.conftest import BILLING_AGENTS, fetch_value, wait_for_row, wait_for_run, with_demo
 from tests.processes import Worker
 
 
-async def start_upgrade(worker: Worker, customer: str) -> str:
+async def start_upgrade(worker: Worker, customer: str, agent: str = "billing") -> str:
     async with worker.client() as client:
-        response = await client.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})
+        response = await client.post("/v1/runs", json={"agent": agent, "input": f"Upgrade customer {customer} to the pro plan"})
     assert response.status_code == 202
     return response.json()["run_id"]
 
 
-async def finish_on_fresh_worker(start_worker: Callable[..., Worker], executor_id: str, run_id: str) -> dict:
-    worker = start_worker(executor_id)
+async def finish_on_fresh_worker(start_worker: Callable[..., Worker], executor_id: str, run_id: str, **env: str) -> dict:
+    worker = start_worker(executor_id, **env)
     async with worker.client() as client:
         return await wait_for_run(client, run_id)
 
@@ -56,15 +56,16 @@ async def test_killed_during_an_llm_call(start_worker, model: httpx.AsyncClient,
     assert await fetch_value(db, "SELECT recovery_attempts FROM dbos.workflow_status WHERE workflow_uuid = %s", run_id) >= 2
 
 
-async def test_killed_after_a_charge_committed_but_before_its_step_was_recorded(start_worker, db, api, customer: str) -> None:
+@pytest.mark.parametrize("agent", BILLING_AGENTS)
+async def test_killed_after_a_charge_committed_but_before_its_step_was_recorded(agent: str, start_worker, db, api, customer: str) -> None:
     # The payments service commits the charge, then holds the response until the worker is killed.
     await api.post("/sandbox/faults", json={"service": "payments", "kind": "delay_response", "match": customer, "seconds": 30})
-    worker = start_worker("crash-charge")
-    run_id = await start_upgrade(worker, customer)
+    worker = start_worker(f"crash-charge-{agent}", **with_demo(agent))
+    run_id = await start_upgrade(worker, customer, agent)
     await wait_for_row(db, "SELECT 1 FROM sandbox.payments WHERE customer_id = %s", customer)
 
     worker.kill()
-    run = await finish_on_fresh_worker(start_worker, "crash-charge", run_id)
+    run = await finish_on_fresh_worker(start_worker, f"crash-charge-{agent}", run_id, **with_demo(agent))
 
     assert run["status"] == "succeeded", run
     await assert_effects_once(db, customer)

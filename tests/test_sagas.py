@@ -7,13 +7,14 @@ from collections.abc import Callable
 
 import httpx
 import psycopg
+import pytest
 
-from tests.conftest import fetch_value, wait_for_run
+from tests.conftest import BILLING_AGENTS, fetch_value, wait_for_run
 from tests.processes import Worker
 
 
-async def start(api: httpx.AsyncClient, text: str) -> str:
-    response = await api.post("/v1/runs", json={"agent": "billing", "input": text})
+async def start(api: httpx.AsyncClient, text: str, agent: str = "billing") -> str:
+    response = await api.post("/v1/runs", json={"agent": agent, "input": text})
     assert response.status_code == 202, response.text
     return response.json()["run_id"]
 
@@ -34,10 +35,12 @@ async def compensations(db: psycopg.AsyncConnection, run_id: str) -> list[tuple]
     return await (await db.execute("SELECT n, tool, status FROM keel.compensations WHERE run_id = %s ORDER BY n", (run_id,))).fetchall()
 
 
-async def test_a_failure_at_step_four_undoes_steps_three_two_one_in_reverse(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> None:
+@pytest.mark.parametrize("agent", BILLING_AGENTS)
+async def test_a_failure_at_step_four_undoes_steps_three_two_one_in_reverse(agent: str, api: httpx.AsyncClient, db: psycopg.AsyncConnection,
+                                                                            customer: str) -> None:
     await fail_at_update_plan(api, customer)
 
-    run = await wait_for_run(api, await start(api, f"Upgrade customer {customer} to the pro plan"))
+    run = await wait_for_run(api, await start(api, f"Upgrade customer {customer} to the pro plan", agent))
 
     assert (run["status"], run["reason"]) == ("compensated", "tool_failed"), run
     assert await sandbox_state(db, customer) == (1, 1, "closed", "basic")

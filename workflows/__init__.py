@@ -6,7 +6,7 @@
 from steps.approvals import ApprovalConflict, ApprovalNotFound
 from steps.errors import AskModel, KeelError, PermanentToolError, RunFailed, ToolError, TransientToolError, UserError
 from steps.retry import RetryPolicy
-from steps.tools import ApprovalPolicy, Tool, ToolContext, tool
+from steps.tools import ApprovalPolicy, Tool, ToolContext, provide, tool
 from workflows.agent import Agent, UnknownAgent, agent_names, get_agent
 from workflows.approvals import decide, get_approval, list_approvals
 from workflows.doctor import diagnose
@@ -59,6 +59,7 @@ __all__ = [
     "get_run",
     "list_approvals",
     "list_runs",
+    "provide",
     "replay_run",
     "resume_run",
     "retry_failed_compensations",

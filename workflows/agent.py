@@ -3,16 +3,35 @@
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Generic, NoReturn, Protocol
 
 from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar
 
 from steps.errors import UserError
 from steps.retry import RetryPolicy
-from steps.tools import Tool, tool
+from steps.tools import ApprovalPolicy, Tool, tool
 
 AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_registry: dict[str, "Agent"] = {}
+OutputT = TypeVar("OutputT", default=str)
+"""The type of an agent's final answer: its `output_type`, or `str` without one."""
+_registry: dict[str, "Agent[Any]"] = {}
+
+
+class Turns(Protocol):
+    """What an agent's reasoning loop can ask of the durable run it is in (`workflows.agent_loop.AgentRun`):
+    Keel's own loop uses it, and so do the framework adapters (`workflows.frameworks`)."""
+
+    turn: int
+    """Model calls so far."""
+
+    async def keel_loop(self, user_input: str) -> Any: ...
+    async def ask_model(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, label: str | None = None) -> dict[str, Any]: ...
+    async def call_tool(self, call: dict[str, Any]) -> str: ...
+    async def ask_person(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
+    async def reask(self, problem: str) -> None: ...
+    async def record(self, kind: str, payload: dict[str, Any]) -> None: ...
+    async def fail(self, reason: str, message: str) -> NoReturn: ...
 
 
 class UnknownAgent(UserError):
@@ -22,11 +41,15 @@ class UnknownAgent(UserError):
         self.name = name
 
 
-class Agent:
+class Agent(Generic[OutputT]):
     """An agent: instructions, a model, tools, and what its final answer must look like.
 
     `name` is its durable identity (recorded with every run), so it is required and unique.
-    Mistakes in the declaration raise `UserError` here, not on turn seven."""
+    Mistakes in the declaration raise `UserError` here, not on turn seven. `Agent[Resolution]`
+    (inferred from `output_type`) gives a typed `result()`."""
+
+    framework: ClassVar[str | None] = None
+    """The framework whose loop reasons (`workflows.frameworks`), or None for Keel's own."""
 
     def __init__(
         self,
@@ -35,7 +58,7 @@ class Agent:
         instructions: str,
         tools: list[Tool | Any] = (),  # type: ignore[assignment]
         model: str | None = None,
-        output_type: type[BaseModel] | None = None,
+        output_type: type[OutputT] | None = None,
         max_turns: int = 10,
         max_reasks: int = 3,
         model_retry: RetryPolicy | None = None,
@@ -80,7 +103,18 @@ class Agent:
         _registry[name] = self
 
     def __repr__(self) -> str:
-        return f"Agent({self.name!r}, tools={list(self.tools)})"
+        return f"{type(self).__name__}({self.name!r}, tools={list(self.tools)})"
+
+    async def drive(self, run: Turns, user_input: str) -> Any:
+        """Reason until a final answer (JSON), asking `run` for every model and tool call. Keel's own
+        loop; a framework adapter overrides this to run its framework's loop on the same calls."""
+        return await run.keel_loop(user_input)
+
+    def result(self, output: Any) -> OutputT:
+        """A run's recorded output (JSON) as the typed final answer: an `output_type` instance, or the text."""
+        if self.output_type is None:
+            return output  # type: ignore[no-any-return]
+        return self.output_type.model_validate(output)  # type: ignore[attr-defined, no-any-return]
 
     def system_prompt(self, instructions: str | None = None) -> str:
         """The agent's instructions (or others, for a fork), with the output schema it must follow."""
@@ -108,8 +142,8 @@ class Agent:
         found = self.tools.get(function["name"])
         if found is None:
             return None, {}, f"there is no tool named {function['name']!r}; the tools are {', '.join(self.tools)}"
-        try:
-            arguments = json.loads(function["arguments"] or "{}")
+        try:  # the model's JSON text, or arguments a framework already parsed
+            arguments = function["arguments"] if isinstance(function["arguments"], dict) else json.loads(function["arguments"] or "{}")
         except json.JSONDecodeError as exc:
             return found, {}, f"the arguments are not valid JSON ({exc})"
         try:
@@ -118,7 +152,7 @@ class Agent:
             return found, {}, f"invalid arguments for {found.name}: {_errors(exc)}"
 
 
-def get_agent(name: str) -> Agent:
+def get_agent(name: str) -> Agent[Any]:
     try:
         return _registry[name]
     except KeyError:

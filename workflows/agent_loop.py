@@ -4,18 +4,23 @@ Each turn: ask the model (a step), then run each tool call it asked for (a step 
 ledger; after a person's approval where one is needed). The conversation lives only in this
 function's locals: on recovery DBOS replays the recorded step outputs, so the same conversation is
 rebuilt and the run goes on from the first step that has no checkpoint. Everything here is
-deterministic given those outputs. A run that fails rolls back its effects (`workflows.saga`)."""
+deterministic given those outputs. A run that fails rolls back its effects (`workflows.saga`).
 
+The loop itself is the agent's (`Agent.drive`): Keel's own (`AgentRun.keel_loop`), or a framework's
+(`workflows.frameworks`), whose model and tool seams call this run's `ask_model` and `call_tool`."""
+
+import asyncio
 import json
+from contextvars import ContextVar
 from typing import Any, NoReturn, Protocol
 
 from dbos import DBOS
 
-from steps.errors import RunFailed
+from steps.errors import RunFailed, UserError
 from steps.events import record_step
 from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
-from steps.tools import Tool
+from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
 from workflows.approvals import await_approval
 from workflows.forks import fork_overrides
@@ -23,6 +28,7 @@ from workflows.parking import call_parking
 from workflows.saga import needs_rollback, start_rollback
 
 INVALID_REPLY = "invalid_arguments"
+_current: ContextVar["AgentRun | None"] = ContextVar("keel_current_run", default=None)
 
 
 @DBOS.workflow(name="keel.agent_run")
@@ -36,6 +42,24 @@ async def agent_run(request: dict[str, Any]) -> Any:
     return await run.execute(request["input"])
 
 
+def current_run() -> "AgentRun":
+    """The run whose loop is executing here: how a framework's model and tool seams find it."""
+    run = _current.get()
+    if run is None:
+        raise UserError("this runs only inside a Keel run: start the agent with `keel run`, POST /v1/runs or start_run()")
+    return run
+
+
+class Halted(BaseException):
+    """Carries a run's failure out through a framework's own loop. A BaseException, like DBOS's
+    cancellation, so a framework's `except Exception` (which would hand the error to its model)
+    lets it through; `AgentRun.execute` turns it back into the `RunFailed` it holds."""
+
+    def __init__(self, failure: RunFailed) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
 class Operations(Protocol):
     """How the loop's durable operations happen: for real (`DurableOperations`), or served from a
     recorded run (`workflows.replay`)."""
@@ -43,12 +67,12 @@ class Operations(Protocol):
     async def event(self, kind: str, payload: dict[str, Any]) -> float: ...
     async def model(self, request: ModelRequest) -> dict[str, Any]: ...
     async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
-    async def approval(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
+    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
     async def rollback(self, reason: str) -> None: ...
 
 
 class DurableOperations:
-    def __init__(self, run_id: str, agent: Agent) -> None:
+    def __init__(self, run_id: str, agent: Agent[Any]) -> None:
         self.run_id = run_id
         self.agent = agent
 
@@ -63,15 +87,17 @@ class DurableOperations:
             lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first),
             f"tool {tool.name} ({tool.dependency})")
 
-    async def approval(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
-        return await await_approval(tool, arguments, call_id)
+    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+        return await await_approval(name, policy, arguments, call_id)
 
     async def rollback(self, reason: str) -> None:
         await (await start_rollback(self.run_id, self.agent.name, reason)).get_result()
 
 
 class AgentRun:
-    def __init__(self, agent: Agent, ops: Operations, *, model: str | None = None, instructions: str | None = None) -> None:
+    """One run of an agent: its budgets, turns and re-asks, and every durable call it makes."""
+
+    def __init__(self, agent: Agent[Any], ops: Operations, *, model: str | None = None, instructions: str | None = None) -> None:
         self.agent = agent
         self.ops = ops
         self.model = model or agent.model
@@ -80,71 +106,128 @@ class AgentRun:
         self.tools_used: list[str] = []
         self.tokens = 0
         self.cost_usd = 0.0
+        self.turn = 0
+        self.sent = 0
+        self.deadline: float | None = None
+        self.halted: Halted | None = None
+        """Set once the run failed: every later call is refused, in case a framework swallowed the failure."""
+        # A framework may run several tool calls at once; one at a time keeps the order of step IDs
+        # the order the calls were made in, so a recovered run replays the same steps.
+        self.tool_lock = asyncio.Lock()
 
     async def execute(self, user_input: str) -> Any:
+        token = _current.set(self)
         try:
-            return await self.loop(user_input)
+            started_at = await self.ops.event("run_started", {"agent": self.agent.name, "input": user_input})
+            self.deadline = started_at + self.agent.max_seconds if self.agent.max_seconds else None
+            output = await self.agent.drive(self, user_input)
+            self.refuse_after_failure()  # a framework that swallowed the run's failure does not make it a success
+            await self.ops.event("run_finished", {"status": "succeeded", "turns": self.turn})
+            return output
+        except Halted as halted:
+            raise halted.failure from None
+        except BaseExceptionGroup as group:  # a framework's task group gathered it
+            halted = group.subgroup(Halted)
+            if halted is not None:
+                raise leaves(halted)[0].failure from None
+            if not isinstance(group, Exception):  # DBOS's cancellation, say
+                raise
+            await self.fail("internal_error", f"{type(group).__name__}: {group}", halt=False)
         except RunFailed:
             raise
-        except Exception as exc:  # a bug in a tool's code path or in Keel: still a terminal state with a reason
-            await self.fail("internal_error", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug in a tool's code path, a framework or Keel: still a terminal state with a reason
+            await self.fail("internal_error", f"{type(exc).__name__}: {exc}", halt=False)
+        finally:
+            _current.reset(token)
 
-    async def loop(self, user_input: str) -> Any:
+    async def keel_loop(self, user_input: str) -> Any:
+        """Keel's own reasoning loop: Chat Completions with the agent's tools, until a valid final answer."""
         agent = self.agent
-        started_at = await self.ops.event("run_started", {"agent": agent.name, "input": user_input})
-        deadline = started_at + agent.max_seconds if agent.max_seconds else None
         conversation: list[dict[str, Any]] = [
             {"role": "system", "content": agent.system_prompt(self.instructions)},
             {"role": "user", "content": user_input},
         ]
-        sent = 0
-        for turn in range(1, agent.max_turns + 1):
-            await self.check_budgets()
-            request = ModelRequest(model=self.model, messages=list(conversation), tools=agent.tool_schemas, turn=turn,
-                                   already_sent=sent, retry=agent.model_retry, timeout=agent.model_timeout, deadline=deadline)
-            reply = await self.ops.model(request)
-            sent = len(conversation)
-            if not reply["ok"]:
-                await self.fail(failure_reason(reply["error"], "model"), f"model call failed: {reply['error']['message']}")
-            self.tokens += reply["usage"]["total_tokens"]
-            self.cost_usd += reply["usage"]["cost_usd"]
-            message = reply["message"]
+        while True:
+            message = await self.ask_model(conversation, agent.tool_schemas)
             conversation.append(message)
             calls = message.get("tool_calls") or []
             if not calls:
                 output, problem = agent.parse_output(message["content"])
                 if problem is None:
-                    await self.ops.event("run_finished", {"status": "succeeded", "turns": turn})
                     return output
                 await self.reask(problem)
                 conversation.append({"role": "user", "content": f"Your final answer was not accepted: {problem}. Try again."})
                 continue
             for call in calls:
-                conversation.append(await self.tool_call(call))
-        await self.fail("max_turns_exceeded", f"no final answer after {agent.max_turns} turns")
+                conversation.append({"role": "tool", "tool_call_id": call["id"], "content": await self.call_tool(call)})
 
-    async def tool_call(self, call: dict[str, Any]) -> dict[str, Any]:
-        """Run one of the model's tool calls; returns the tool message that answers it."""
+    async def ask_model(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, label: str | None = None) -> dict[str, Any]:
+        """One model call (a durable step, retried by the agent's policy): the assistant message, as
+        Chat Completions JSON. Past `max_turns` or a budget, or when the call fails, the run fails.
+        `label` names who asks (a framework's agent), for the timeline."""
+        self.refuse_after_failure()
+        agent = self.agent
+        if self.turn >= agent.max_turns:
+            await self.fail("max_turns_exceeded", f"no final answer after {agent.max_turns} turns")
+        await self.check_budgets()
+        self.turn += 1
+        request = ModelRequest(model=self.model, messages=list(messages), tools=tools, turn=self.turn, already_sent=min(self.sent, len(messages)),
+                               retry=agent.model_retry, timeout=agent.model_timeout, deadline=self.deadline, label=label)
+        reply = await self.ops.model(request)
+        self.sent = len(messages)
+        if not reply["ok"]:
+            await self.fail(failure_reason(reply["error"], "model"), f"model call failed: {reply['error']['message']}")
+        self.tokens += reply["usage"]["total_tokens"]
+        self.cost_usd += reply["usage"]["cost_usd"]
+        return reply["message"]
+
+    async def call_tool(self, call: dict[str, Any]) -> str:
+        """Run one of the model's tool calls (`{"id", "function": {"name", "arguments"}}`); returns the
+        content (JSON text) of the tool message that answers it. A failure the model cannot fix fails the run."""
+        self.refuse_after_failure()
+        async with self.tool_lock:
+            return json.dumps(await self.tool_outcome(call))
+
+    async def tool_outcome(self, call: dict[str, Any]) -> Any:
         found, arguments, problem = self.agent.parse_call(call)
         if found is None or problem is not None:
             await self.reask(problem or "unknown tool")
-            return tool_message(call["id"], {"error": {"kind": INVALID_REPLY, "message": problem}})
+            return {"error": {"kind": INVALID_REPLY, "message": problem}}
         if self.agent.needs_approval(found, arguments):
-            decision = await self.ops.approval(found, arguments, call["id"])
+            decision = await self.ops.approval(found.name, found.approval, arguments, call["id"])
             if decision["status"] != "approved":
                 message = f"a person did not approve this call ({decision['status']}): {decision['comment'] or 'no comment'}"
                 if found.approval.on_reject == "fail":
                     await self.fail("approval_rejected", f"{found.name}: {message}")
-                return tool_message(call["id"], {"error": {"kind": "not_approved", "message": message}})
+                return {"error": {"kind": "not_approved", "message": message}}
         outcome = await self.ops.tool(found, arguments, call["id"])
         if outcome["ok"]:
             self.tools_used.append(found.name)
-            return tool_message(call["id"], outcome["result"])
+            return outcome["result"]
         error = outcome["error"]
         if error["kind"] == "ask_model":
             await self.reask(error["message"])
-            return tool_message(call["id"], {"error": error})
+            return {"error": error}
         await self.fail(failure_reason(error, "tool"), f"tool {found.name} failed: {error['message']}")
+
+    async def record(self, kind: str, payload: dict[str, Any]) -> None:
+        """An event of the framework's own (a handoff) in the run's timeline, as a step."""
+        self.refuse_after_failure()
+        await self.ops.event(kind, payload)
+
+    async def ask_person(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+        """Wait (durably) for a person's decision on `name` with these arguments: a framework's own
+        pause for a human (a LangGraph `interrupt`) as a Keel approval. A rejection under
+        `on_reject="fail"` fails the run; otherwise the settled decision is returned."""
+        self.refuse_after_failure()
+        decision = await self.ops.approval(name, policy, arguments, call_id)
+        if decision["status"] != "approved" and policy.on_reject == "fail":
+            await self.fail("approval_rejected", f"{name}: a person did not approve ({decision['status']}): {decision['comment'] or 'no comment'}")
+        return decision
+
+    def refuse_after_failure(self) -> None:
+        if self.halted is not None:
+            raise self.halted
 
     async def check_budgets(self) -> None:
         """Refuse the next model call once a budget is spent (totals come from recorded outputs)."""
@@ -160,15 +243,20 @@ class AgentRun:
         if self.reasks_left < 0:
             await self.fail("invalid_model_output", problem)
 
-    async def fail(self, reason: str, message: str) -> NoReturn:
+    async def fail(self, reason: str, message: str, *, halt: bool = True) -> NoReturn:
+        """Record the failure, undo the run's effects, and stop: through any framework loop in between
+        (`Halted`), unless this is the run's own boundary."""
         await self.ops.event("run_finished", {"status": "failed", "reason": reason, "message": message})
         if needs_rollback(self.agent, self.tools_used):
             await self.ops.rollback(reason)
-        raise RunFailed(reason, message)
+        self.halted = Halted(RunFailed(reason, message))
+        if halt:
+            raise self.halted
+        raise self.halted.failure
 
 
-def tool_message(call_id: str, content: Any) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(content)}
+def leaves(group: BaseExceptionGroup) -> list[Any]:
+    return [leaf for e in group.exceptions for leaf in (leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
 
 
 def failure_reason(error: dict[str, Any], source: str) -> str:

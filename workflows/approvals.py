@@ -11,15 +11,15 @@ from dbos import DBOS
 
 from steps import ids
 from steps.approvals import get_approval, list_approvals, record_decision, request_approval_step, settle_approval_step, undelivered_decisions
-from steps.tools import Tool
+from steps.tools import ApprovalPolicy
 
 __all__ = ["await_approval", "decide", "get_approval", "list_approvals", "redeliver_decisions"]
 
 
-async def await_approval(tool: Tool, arguments: dict[str, Any], tool_call_id: str) -> dict[str, Any]:
-    """Ask for a decision on this call and wait for it; returns the settled outcome (`status`, ...)."""
-    policy = tool.approval
-    request = await request_approval_step(tool.name, arguments, tool_call_id, policy.timeout)
+async def await_approval(name: str, policy: ApprovalPolicy, arguments: dict[str, Any], tool_call_id: str) -> dict[str, Any]:
+    """Ask for a decision on this call of tool `name` (or a graph's interrupt) and wait for it under
+    `policy`; returns the settled outcome (`status`, ...)."""
+    request = await request_approval_step(name, arguments, tool_call_id, policy.timeout)
     escalations_left = 1 if policy.on_expire == "escalate" else 0
     while True:
         await DBOS.recv_async(topic=request["approval_id"], timeout_seconds=policy.timeout)

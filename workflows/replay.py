@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from steps import db
 from steps.errors import RunFailed
 from steps.llm import ModelRequest
-from steps.tools import Tool
+from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
 from workflows.agent_loop import AgentRun
 from workflows.forks import fork_overrides
@@ -86,10 +86,10 @@ class RecordedOperations:
                 return outcome
             self.take("keel.event", "event parked")
 
-    async def approval(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
-        self.take("keel.approval_request", f"approval for {tool.name}")
+    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+        self.take("keel.approval_request", f"approval for {name}")
         while True:
-            settled = self.output(self.take("keel.approval_settle", f"decision on {tool.name}"))
+            settled = self.output(self.take("keel.approval_settle", f"decision on {name}"))
             if settled["status"] != "pending":
                 return settled
 

@@ -105,7 +105,9 @@ async def cancel_run(run_id: str) -> dict[str, Any]:
 async def fork_run(run_id: str, from_step: int, *, model: str | None = None, instructions: str | None = None) -> dict[str, Any]:
     """A new run that reuses `run_id`'s recorded outputs before step `from_step` and runs live from
     there (with another model or instructions, if given). Effects before the fork are not repeated."""
-    await get_run(run_id)
+    run = await get_run(run_id)
+    if instructions is not None and get_agent(run["agent"]).framework:
+        raise UserError(f"agent {run['agent']} takes its instructions from {get_agent(run['agent']).framework}: a fork can change its model only")
     async with db.pool().connection() as conn:
         last = (await (await conn.execute("SELECT max(function_id) FROM dbos.operation_outputs WHERE workflow_uuid = %s",
                                           (run_id,))).fetchone())[0] or 0

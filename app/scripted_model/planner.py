@@ -23,6 +23,8 @@ BILLING_STEPS: tuple[str, ...] = (
     "send_email",
 )
 
+HANDOFF_PREFIX = "transfer_to_"
+"""Tools named so hand the conversation to another agent (the OpenAI Agents SDK's handoffs)."""
 _BILLING_REQUEST = re.compile(r"upgrade customer ([A-Za-z]-?\d+) to the (\w+) plan", re.IGNORECASE)
 _SAY_REQUEST = re.compile(r"say\s+(.*)", re.IGNORECASE | re.DOTALL)
 _CALL_CLAUSE = re.compile(r"\s*call\s+([\w.:-]+)\s+with\s+", re.IGNORECASE)
@@ -223,6 +225,9 @@ def _billing_script(conversation: Conversation, offered: set[str | None]) -> Rep
                    "amount_cents": amount_cents, "summary": summary}
         return Reply(content=json.dumps(outcome))
     tool = BILLING_STEPS[step]
+    handoff = next((name for name in sorted(filter(None, offered)) if name.startswith(HANDOFF_PREFIX)), None)
+    if tool not in offered and handoff:  # an agent that cannot do the step hands the conversation on
+        return _tool_call(conversation, handoff, {})
     if tool not in offered:
         return give_up(f"tool {tool} is not offered")
     if tool == "send_email" and not email:

@@ -19,12 +19,13 @@ from typing import Any
 
 import psycopg
 
-from bench.suite import commits, overhead, payload, ping, processes, profile, report, throughput
+from bench.suite import commits, frameworks, overhead, payload, ping, processes, profile, report, throughput
 from bench.suite.harness import Harness
 from bench.suite.setup import KEEL_DB, conninfo, prepare_keel_database
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = ["overhead", "commits", "throughput", "realistic", "payload", "profile", "ping", "many", "recovery"]
+WORKLOADS = ["overhead", "commits", "throughput", "realistic", "payload", "profile", "ping", "many", "recovery", "frameworks"]
+IN_PROCESS = {"overhead", "commits", "throughput", "realistic", "payload", "profile", "frameworks"}
 FULL = dict(rounds=5, runs=10, commit_runs=20, concurrency="8,32,64,256", repeats=3, large_repeats=2, min_runs=32, realistic_rounds=5,
             many="100,1000", many_latency=1.0, recovery_runs=10_000, recovery_tools=1, turns="10,100", profile_seconds=10)
 QUICK = dict(rounds=3, runs=3, commit_runs=5, concurrency="8,32", repeats=2, large_repeats=1, min_runs=16, realistic_rounds=2,
@@ -71,6 +72,9 @@ async def in_process(args: argparse.Namespace, only: set[str], results: dict[str
             checkpoint()
         if "profile" in only:
             results["profile"] = await profile.measure(harness, args.profile_seconds, Path(args.profile_dir))
+            checkpoint()
+        if "frameworks" in only:
+            results["frameworks"] = await frameworks.measure(harness, args.rounds, args.runs)
             checkpoint()
     finally:
         await harness.stop()
@@ -123,13 +127,13 @@ def main() -> None:
         save(results, output, started)
 
     print(f"Keel benchmark suite ({results['mode']}): {', '.join(w for w in WORKLOADS if w in only)}", flush=True)
-    if only & {"overhead", "commits", "throughput", "realistic", "payload", "profile"}:
+    if only & IN_PROCESS:
         asyncio.run(in_process(args, only, results, checkpoint))
     if "ping" in only:
         results["ping"] = ping.measure()
         checkpoint()
     logs = processes.log_dir()
-    if "many" in only and not only & {"overhead", "commits", "throughput", "realistic", "payload", "profile"}:
+    if "many" in only and not only & IN_PROCESS:
         prepare_keel_database()
     if "many" in only:
         results["many"] = processes.many_runs(KEEL_DB, [int(n) for n in args.many.split(",")], args.many_latency, logs)

@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from bench.suite import analysis
+from bench.suite import analysis, frameworks
 from bench.suite.stats import fmt
 
 NAMES = {"plain": "plain Python loop (floor)", "raw_dbos": "raw DBOS (async workflow, 15 async steps)",
@@ -76,7 +76,7 @@ def render(r: dict[str, Any]) -> str:
     out += [f"| {a} | {b} | {c} |" for a, b, c in targets(r)]
     out += [""] + analysis.section(r)
     out += overhead_section(r) + commits_section(r) + throughput_section(r) + realistic_section(r) + many_section(r)
-    out += recovery_section(r) + payload_section(r) + profile_section(r) + method_section(r)
+    out += recovery_section(r) + payload_section(r) + profile_section(r) + frameworks.section(r) + method_section(r)
     return "\n".join(out) + "\n"
 
 

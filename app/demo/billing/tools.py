@@ -7,27 +7,29 @@ payments service whether a charge with its key already exists. A charge above $1
 person's approval. If the run fails, the ticket is closed, the charge refunded and the plan
 restored, newest first; the email cannot be unsent."""
 
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
 from app.sandbox.faults import take_fault
-from workflows import AskModel, PermanentToolError, ToolContext, tool
-
-_http: httpx.AsyncClient | None = None
+from workflows import AskModel, PermanentToolError, ToolContext, provide, tool
 
 
-def configure(sandbox_url: str) -> None:
-    """Point the tools at the sandbox services (`app` calls this at start-up)."""
-    global _http
-    _http = httpx.AsyncClient(base_url=sandbox_url, timeout=10.0)
+@dataclass(frozen=True)
+class Sandbox:
+    """What the billing tools talk to: `ctx.deps` of every `ToolContext[Sandbox]`."""
+
+    http: httpx.AsyncClient
+    """The sandbox services (payments, mail), at the URL the application configured."""
 
 
-def http() -> httpx.AsyncClient:
-    if _http is None:
-        raise RuntimeError("billing tools are not configured: call app.demo.billing.configure(url)")
-    return _http
+def configure(sandbox_url: str) -> Sandbox:
+    """Provide the tools' clients, pointed at the sandbox services (`app` calls this at start-up)."""
+    sandbox = Sandbox(http=httpx.AsyncClient(base_url=sandbox_url, timeout=10.0))
+    provide(sandbox)
+    return sandbox
 
 
 class Charge(BaseModel):
@@ -75,16 +77,16 @@ async def create_ticket(ctx: ToolContext, customer_id: str, subject: str) -> dic
     return {"ticket_id": f"T-{row[0]}", "status": "open"}
 
 
-async def find_charge(ctx: ToolContext) -> Charge | None:
-    response = await http().get("/payments/charges", params={"idempotency_key": ctx.idempotency_key})
+async def find_charge(ctx: ToolContext[Sandbox]) -> Charge | None:
+    response = await ctx.deps.http.get("/payments/charges", params={"idempotency_key": ctx.idempotency_key})
     response.raise_for_status()
     found = response.json()
     return Charge.model_validate(found[0]) if found else None
 
 
-async def refund_charge(ctx: ToolContext, arguments: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+async def refund_charge(ctx: ToolContext[Sandbox], arguments: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """Undo `charge_customer`: refund the charge in full."""
-    response = await http().post("/payments/refunds", json={"charge_id": result["charge_id"], "reason": "run rolled back"},
+    response = await ctx.deps.http.post("/payments/refunds", json={"charge_id": result["charge_id"], "reason": "run rolled back"},
                                  headers={"Idempotency-Key": ctx.idempotency_key})
     response.raise_for_status()
     return response.json()
@@ -95,7 +97,7 @@ APPROVAL_THRESHOLD_CENTS = 10_000
 
 @tool(reconcile=find_charge, compensation=refund_charge,
       requires_approval=lambda arguments: arguments["amount_cents"] > APPROVAL_THRESHOLD_CENTS)
-async def charge_customer(ctx: ToolContext, customer_id: str, amount_cents: int, description: str) -> Charge:
+async def charge_customer(ctx: ToolContext[Sandbox], customer_id: str, amount_cents: int, description: str) -> Charge:
     """Charge the customer's card on file.
 
     Args:
@@ -103,7 +105,7 @@ async def charge_customer(ctx: ToolContext, customer_id: str, amount_cents: int,
         amount_cents: The amount in cents, greater than zero.
         description: What the charge is for, as shown on the statement.
     """
-    response = await http().post(
+    response = await ctx.deps.http.post(
         "/payments/charges",
         json={"customer_id": customer_id, "amount_cents": amount_cents, "description": description},
         headers={"Idempotency-Key": ctx.idempotency_key},
@@ -147,7 +149,7 @@ async def update_plan(ctx: ToolContext, customer_id: str, plan: str) -> dict[str
 
 
 @tool(irreversible=True)
-async def send_email(ctx: ToolContext, to: str, subject: str, body: str) -> dict[str, Any]:
+async def send_email(ctx: ToolContext[Sandbox], to: str, subject: str, body: str) -> dict[str, Any]:
     """Send an email to the customer.
 
     Args:
@@ -155,7 +157,7 @@ async def send_email(ctx: ToolContext, to: str, subject: str, body: str) -> dict
         subject: The subject line.
         body: The message text.
     """
-    response = await http().post("/mail/messages", json={"to": to, "subject": subject, "body": body},
+    response = await ctx.deps.http.post("/mail/messages", json={"to": to, "subject": subject, "body": body},
                                  headers={"Idempotency-Key": ctx.idempotency_key})
     response.raise_for_status()
     return response.json()

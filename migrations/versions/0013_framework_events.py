@@ -1,0 +1,82 @@
+"""Frameworks inside a run: the timeline says which agent of a framework asks the model, and a handoff
+between agents (the OpenAI Agents SDK's) is an event of its own.
+
+Revision ID: 0013
+Revises: 0012
+"""
+
+from alembic import op
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+NEW_CASE = """
+       CASE e.kind
+        WHEN 'run_started' THEN 'agent ' || (e.payload ->> 'agent') || ': ' || left(e.payload ->> 'input', 80)
+        WHEN 'llm_request' THEN 'turn ' || (e.payload ->> 'turn') || ': ' || coalesce((e.payload ->> 'agent') || ' sends ', '') || jsonb_array_length(e.payload -> 'messages') || ' new message(s) to ' || (e.payload ->> 'model')
+        WHEN 'llm_response' THEN 'turn ' || (e.payload ->> 'turn') || ': ' || (e.payload ->> 'finish_reason') || ', ' || (e.payload ->> 'total_tokens') || ' tokens, '
+                                 || (e.payload ->> 'latency_ms') || ' ms, attempt ' || (e.payload ->> 'attempts')
+        WHEN 'llm_error' THEN (e.payload -> 'error' ->> 'kind') || ': ' || (e.payload -> 'error' ->> 'message')
+        WHEN 'tool_call' THEN (e.payload ->> 'tool') || '(' || left(e.payload ->> 'arguments', 100) || ') key ' || (e.payload ->> 'idempotency_key')
+        WHEN 'tool_result' THEN (e.payload ->> 'tool') || CASE WHEN (e.payload ->> 'ok')::boolean
+             THEN ' ok' || CASE WHEN (e.payload ->> 'deduplicated')::boolean THEN ' (deduplicated)' ELSE '' END
+                        || CASE WHEN (e.payload ->> 'reconciled')::boolean THEN ' (reconciled)' ELSE '' END
+             ELSE ' failed: ' || (e.payload -> 'error' ->> 'message') END
+        WHEN 'retry' THEN 'attempt ' || e.attempt || ' failed (' || (e.payload -> 'error' ->> 'message') || '), waiting '
+                          || round((e.payload ->> 'wait')::numeric, 2) || ' s'
+        WHEN 'rate_limited' THEN 'waited ' || round((e.payload ->> 'waited')::numeric, 2) || ' s for the ' || (e.payload ->> 'limit') || ' limit'
+        WHEN 'parked' THEN 'waiting ' || (e.payload ->> 'seconds') || ' s for ' || (e.payload ->> 'waiting_for')
+        WHEN 'approval_requested' THEN (e.payload ->> 'tool') || ' needs approval ' || (e.payload ->> 'approval_id')
+        WHEN 'approval_decided' THEN (e.payload ->> 'status') || coalesce(' by ' || (e.payload ->> 'decided_by'), '')
+                                     || coalesce(': ' || (e.payload ->> 'comment'), '')
+        WHEN 'approval_escalated' THEN 'no decision yet: escalated'
+        WHEN 'rollback_started' THEN jsonb_array_length(e.payload -> 'effects') || ' effect(s) to undo'
+        WHEN 'compensation_started' THEN 'undoing effect ' || e.step_id
+        WHEN 'compensation_finished' THEN 'effect ' || e.step_id || ' undone'
+        WHEN 'compensation_failed' THEN 'undoing effect ' || e.step_id || ' failed: ' || (e.payload -> 'error' ->> 'message')
+        WHEN 'handoff' THEN (e.payload ->> 'from') || ' hands the conversation to ' || (e.payload ->> 'to')
+        WHEN 'run_finished' THEN (e.payload ->> 'status') || coalesce(' (' || (e.payload ->> 'reason') || '): ' || (e.payload ->> 'message'), '')
+        ELSE coalesce(e.payload ->> 'dependency', '')
+    END"""
+
+OLD_CASE = """
+       CASE e.kind
+        WHEN 'run_started' THEN 'agent ' || (e.payload ->> 'agent') || ': ' || left(e.payload ->> 'input', 80)
+        WHEN 'llm_request' THEN 'turn ' || (e.payload ->> 'turn') || ': ' || jsonb_array_length(e.payload -> 'messages') || ' new message(s) to ' || (e.payload ->> 'model')
+        WHEN 'llm_response' THEN 'turn ' || (e.payload ->> 'turn') || ': ' || (e.payload ->> 'finish_reason') || ', ' || (e.payload ->> 'total_tokens') || ' tokens, '
+                                 || (e.payload ->> 'latency_ms') || ' ms, attempt ' || (e.payload ->> 'attempts')
+        WHEN 'llm_error' THEN (e.payload -> 'error' ->> 'kind') || ': ' || (e.payload -> 'error' ->> 'message')
+        WHEN 'tool_call' THEN (e.payload ->> 'tool') || '(' || left(e.payload ->> 'arguments', 100) || ') key ' || (e.payload ->> 'idempotency_key')
+        WHEN 'tool_result' THEN (e.payload ->> 'tool') || CASE WHEN (e.payload ->> 'ok')::boolean
+             THEN ' ok' || CASE WHEN (e.payload ->> 'deduplicated')::boolean THEN ' (deduplicated)' ELSE '' END
+                        || CASE WHEN (e.payload ->> 'reconciled')::boolean THEN ' (reconciled)' ELSE '' END
+             ELSE ' failed: ' || (e.payload -> 'error' ->> 'message') END
+        WHEN 'retry' THEN 'attempt ' || e.attempt || ' failed (' || (e.payload -> 'error' ->> 'message') || '), waiting '
+                          || round((e.payload ->> 'wait')::numeric, 2) || ' s'
+        WHEN 'rate_limited' THEN 'waited ' || round((e.payload ->> 'waited')::numeric, 2) || ' s for the ' || (e.payload ->> 'limit') || ' limit'
+        WHEN 'parked' THEN 'waiting ' || (e.payload ->> 'seconds') || ' s for ' || (e.payload ->> 'waiting_for')
+        WHEN 'approval_requested' THEN (e.payload ->> 'tool') || ' needs approval ' || (e.payload ->> 'approval_id')
+        WHEN 'approval_decided' THEN (e.payload ->> 'status') || coalesce(' by ' || (e.payload ->> 'decided_by'), '')
+                                     || coalesce(': ' || (e.payload ->> 'comment'), '')
+        WHEN 'approval_escalated' THEN 'no decision yet: escalated'
+        WHEN 'rollback_started' THEN jsonb_array_length(e.payload -> 'effects') || ' effect(s) to undo'
+        WHEN 'compensation_started' THEN 'undoing effect ' || e.step_id
+        WHEN 'compensation_finished' THEN 'effect ' || e.step_id || ' undone'
+        WHEN 'compensation_failed' THEN 'undoing effect ' || e.step_id || ' failed: ' || (e.payload -> 'error' ->> 'message')
+        WHEN 'run_finished' THEN (e.payload ->> 'status') || coalesce(' (' || (e.payload ->> 'reason') || '): ' || (e.payload ->> 'message'), '')
+        ELSE coalesce(e.payload ->> 'dependency', '')
+    END"""
+
+
+def summary(case: str) -> str:
+    return f"CREATE OR REPLACE FUNCTION keel.event_summary(e keel.events) RETURNS text LANGUAGE sql IMMUTABLE AS $$\nSELECT {case}\n$$"
+
+
+def upgrade() -> None:
+    op.execute(summary(NEW_CASE))
+
+
+def downgrade() -> None:
+    op.execute(summary(OLD_CASE))
