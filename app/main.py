@@ -28,7 +28,7 @@ from app.routers import approvals, doctor, keys, metrics, runs
 from app.schemas import errors
 from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
-from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
+from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names, saga
 from workflows.approvals import redeliver_decisions
 from workflows.run_queue import RunQueue
 from workflows.workers import OrphanWatch, beat, take_over_dead_workers
@@ -69,6 +69,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     failpoints.configure(settings.failpoints)
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
     billing.configure(settings.sandbox_base_url)
+    saga.configure(retry_budget=settings.undo_retry_budget)
     DBOS(config=dbos_config(settings, url))
     queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
                      global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval,

@@ -7,7 +7,7 @@ from psycopg import AsyncConnection
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
-FaultKind = Literal["drop_response", "delay_response", "unavailable"]
+FaultKind = Literal["drop_response", "delay_response", "unavailable", "reject"]
 
 TAKE = """
 UPDATE sandbox.faults SET remaining = remaining - 1
@@ -26,6 +26,7 @@ class FaultCreate(BaseModel):
     match: str | None = Field(None, description="Only requests whose body contains this text")
     times: int = Field(1, ge=1)
     seconds: float = Field(0, ge=0, description="delay_response: how long to hold the response; unavailable: its Retry-After")
+    """`unavailable` answers 503 (transient), `reject` 422 (permanent), before any effect."""
 
 
 class Fault(BaseModel):
