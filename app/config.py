@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     """Connections for the ledger and events; a tool call holds one while it runs."""
     max_body_bytes: int = Field(1_048_576, alias="KEEL_MAX_BODY_BYTES", ge=1024)
     """Larger request bodies are refused with 413."""
+    startup_timeout: float = Field(120.0, alias="KEEL_STARTUP_TIMEOUT", gt=0)
+    """Seconds start-up keeps retrying transient database errors (with backoff) before it gives up."""
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
 
     auth: Literal["keys", "off"] = Field("keys", alias="KEEL_AUTH")

@@ -26,6 +26,7 @@ from app.database import database_url, migrate, migration_head, psycopg_conninfo
 from app.demo import billing
 from app.routers import approvals, doctor, keys, metrics, runs
 from app.schemas import errors
+from app.startup import Startup
 from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names, saga
@@ -35,6 +36,7 @@ from workflows.workers import OrphanWatch, beat, take_over_dead_workers
 
 log = logging.getLogger("keel")
 DEMO_INPUT = "Upgrade customer C-42 to the pro plan"
+POOL_WAIT = 10.0  # seconds one try waits for a pool's first connection
 
 
 def dbos_config(settings: Settings, url: str) -> DBOSConfig:
@@ -55,12 +57,14 @@ def dbos_config(settings: Settings, url: str) -> DBOSConfig:
 @asynccontextmanager
 async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    url = await asyncio.to_thread(database_url, settings)
-    await asyncio.to_thread(migrate, url)
+    startup = Startup(settings.startup_timeout)  # every step that talks to the database is retried while it fails transiently
+    url = await startup.step("reach the database", lambda: asyncio.to_thread(database_url, settings))
+    await startup.step("migrate the database", lambda: asyncio.to_thread(migrate, url))
     pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=settings.db_pool_size, kwargs={"autocommit": True}, open=False)
     sandbox_pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=5, kwargs={"autocommit": True}, open=False)
     await pool.open()
     await sandbox_pool.open()
+    await startup.step("open the connection pools", lambda: asyncio.gather(pool.wait(POOL_WAIT), sandbox_pool.wait(POOL_WAIT)))
     db.configure(pool)
     sandbox.configure(sandbox_pool)
     model = AsyncOpenAI(base_url=settings.model_base_url, api_key=settings.model_api_key, max_retries=0, timeout=settings.model_timeout)
@@ -70,15 +74,14 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
     billing.configure(settings.sandbox_base_url)
     saga.configure(retry_budget=settings.undo_retry_budget)
-    DBOS(config=dbos_config(settings, url))
     queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
                      global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval,
                      max_queued=settings.max_queued_runs)
-    queue.listen()
-    DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
-    await queue.register()  # before the first request, which enqueues on it
+    await startup.step("launch DBOS", lambda: launch_dbos(settings, url, queue))
+    await startup.step("register the run queue", queue.register)  # before the first request, which enqueues on it
+    key = await startup.step("read the local API key", lambda: local_key(settings))
     heartbeat = asyncio.create_task(heartbeats(settings))
-    announce(settings, url, await local_key(settings))
+    announce(settings, url, key)
     try:
         yield
     finally:
@@ -89,6 +92,16 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
         await sandbox_pool.close()
         db.configure(None)
         sandbox.configure(None)
+
+
+async def launch_dbos(settings: Settings, url: str, queue: RunQueue) -> None:
+    DBOS(config=dbos_config(settings, url))
+    queue.listen()
+    try:
+        DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
+    except Exception:
+        DBOS.destroy()  # a launch that failed half-way cannot be launched again: the next try starts afresh
+        raise
 
 
 async def heartbeats(settings: Settings) -> None:
