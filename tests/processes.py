@@ -61,11 +61,11 @@ class Worker:
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kwargs)
 
-    def start(self) -> "Worker":
+    def start(self, timeout: float = 60) -> "Worker":
         env = {**self.env, "KEEL_PORT": str(self.port)}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([str(KEEL), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_until_up(f"{self.url}/healthz", self.process, self.log)
+        wait_until_up(f"{self.url}/healthz", self.process, self.log, timeout)
         return self
 
     def kill(self) -> None:
