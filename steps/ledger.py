@@ -17,7 +17,7 @@ from typing import Any
 from dbos import DBOS
 from psycopg.types.json import Jsonb
 
-from steps import breaker, db, events, failpoints
+from steps import breaker, db, events, failpoints, ids
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, retrying
 from steps.tools import Tool, ToolContext
 
@@ -64,7 +64,7 @@ async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: st
     (a call continued after a durable wait passes its first key, so the key never changes)."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
-    key = key or tool.business_key(arguments) or f"{run_id}:{step_id}"
+    key = key or tool.business_key(arguments) or ids.ledger_key(run_id, step_id)
     call = Call(tool=tool, key=key, run_id=run_id, step_id=step_id, tool_call_id=tool_call_id, arguments=arguments)
 
     async def on_retry(attempt: int, failure: Failure, wait: float) -> None:

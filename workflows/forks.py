@@ -2,12 +2,11 @@
 from its fork point on. The row is written before the fork starts and never changes, so reading it
 in the workflow body is as deterministic as a recorded step."""
 
-import uuid
 from typing import Any
 
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from steps import db
+from steps import db, ids
 from steps.retry import is_outage
 
 
@@ -18,18 +17,10 @@ async def record_fork(run_id: str, forked_from: str, from_step: int, model: str 
             (run_id, forked_from, from_step, model, instructions))
 
 
-FORK_MARK = "-fork-"
-"""In every fork's run ID (`<origin>-fork-<8 hex>`): a run without it has no overrides to read."""
-
-
-def fork_id(origin: str) -> str:
-    return f"{origin[:100]}{FORK_MARK}{uuid.uuid4().hex[:8]}"
-
-
 @retry(retry=retry_if_exception(is_outage), wait=wait_exponential(max=30), stop=stop_after_delay(1800), reraise=True)
 async def fork_overrides(run_id: str) -> dict[str, Any]:
-    if FORK_MARK not in run_id:
-        return {}  # the common case costs no query
+    if not ids.is_fork(run_id):
+        return {}  # the common case costs no query: a fork's ID says it is one
     async with db.pool().connection() as conn:
         row = await (await conn.execute("SELECT model, instructions FROM keel.forks WHERE run_id = %s", (run_id,))).fetchone()
     if row is None:

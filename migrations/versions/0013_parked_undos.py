@@ -2,14 +2,14 @@
 503) waits durably and tries again, with status `parked` and the time it tries again in `retry_at`.
 The sandbox gains a fault kind `reject` (a 422: a permanent failure), to show the difference.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
