@@ -28,9 +28,10 @@ from app.demo import billing
 from app.routers import approvals, doctor, keys, metrics, runs
 from app.schema import migration_head, wait_for_schema
 from app.schemas import errors
+from app.startup import Startup
 from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
-from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
+from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names, saga
 from workflows.approvals import redeliver_decisions
 from workflows.executor_claim import ExecutorClaim
 from workflows.retention import keep_collecting
@@ -39,6 +40,7 @@ from workflows.workers import OrphanWatch, beat, take_over_dead_workers
 
 log = logging.getLogger("keel")
 DEMO_INPUT = "Upgrade customer C-42 to the pro plan"
+POOL_WAIT = 10.0  # seconds one try waits for a pool's first connection
 
 
 def dbos_config(settings: Settings, url: str) -> DBOSConfig:
@@ -61,14 +63,18 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if refusal := demo_services.refusal_to_start(settings):
         raise UserError(refusal)
-    url = await asyncio.to_thread(database_url, settings)
-    await asyncio.to_thread(wait_for_schema, url, settings.migration_wait)  # `keel migrate` migrates; workers never do
+    startup = Startup(settings.startup_timeout)  # every step that talks to the database is retried while it fails transiently
+    url = await startup.step("reach the database", lambda: asyncio.to_thread(database_url, settings))
+    # `keel migrate` migrates; workers never do
+    await startup.step("find the schema at head", lambda: asyncio.to_thread(wait_for_schema, url, settings.migration_wait))
     claim = ExecutorClaim(psycopg_conninfo(url), settings.executor_id, settings.app_version, stale_after=3 * settings.heartbeat_interval)
-    await claim.acquire()  # before DBOS launches: its launch recovers the pending runs of this executor ID
+    # before DBOS launches: its launch recovers the pending runs of this executor ID
+    await startup.step("claim the executor ID", claim.acquire)
     pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=settings.db_pool_size, kwargs={"autocommit": True}, open=False)
     sandbox_pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=5, kwargs={"autocommit": True}, open=False)
     await pool.open()
     await sandbox_pool.open()
+    await startup.step("open the connection pools", lambda: asyncio.gather(pool.wait(POOL_WAIT), sandbox_pool.wait(POOL_WAIT)))
     db.configure(pool)
     sandbox.configure(sandbox_pool)
     model = AsyncOpenAI(base_url=settings.model_base_url, api_key=app.state.offline_model_token or settings.model_api_key, max_retries=0,
@@ -78,18 +84,18 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     failpoints.configure(settings.failpoints)
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
     sandbox_clients = billing.configure(settings.sandbox_base_url)
-    DBOS(config=dbos_config(settings, url))
+    saga.configure(retry_budget=settings.undo_retry_budget)
     queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
                      global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval,
                      max_queued=settings.max_queued_runs)
-    queue.listen()
-    DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
-    await queue.register()  # before the first request, which enqueues on it
+    await startup.step("launch DBOS", lambda: launch_dbos(settings, url, queue))
+    await startup.step("register the run queue", queue.register)  # before the first request, which enqueues on it
+    key = await startup.step("read the local API key", lambda: local_key(settings))
     heartbeat = asyncio.create_task(heartbeats(settings, claim))
     retention = None
     if settings.gc_older_than:  # `keel gc` as a duty of the workers
         retention = asyncio.create_task(keep_collecting(settings.gc_older_than, settings.gc_interval, business_keys=settings.gc_business_keys))
-    announce(settings, url, await local_key(settings))
+    announce(settings, url, key)
     try:
         yield
     finally:
@@ -104,6 +110,16 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
         db.configure(None)
         sandbox.configure(None)
         await claim.release()
+
+
+async def launch_dbos(settings: Settings, url: str, queue: RunQueue) -> None:
+    DBOS(config=dbos_config(settings, url))
+    queue.listen()
+    try:
+        DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
+    except Exception:
+        DBOS.destroy()  # a launch that failed half-way cannot be launched again: the next try starts afresh
+        raise
 
 
 async def heartbeats(settings: Settings, claim: ExecutorClaim) -> None:

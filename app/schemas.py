@@ -111,8 +111,9 @@ class CompensationView(BaseModel):
     tool: str
     idempotency_key: str
     workflow_id: str | None
-    status: Literal["pending", "running", "succeeded", "failed", "irreversible"]
+    status: Literal["pending", "running", "parked", "succeeded", "failed", "irreversible"]
     error: dict[str, Any] | None
+    retry_at: datetime | None = Field(None, description="When a parked undo tries again")
 
 
 class RunView(BaseModel):

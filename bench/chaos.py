@@ -3,6 +3,10 @@ them, faults injected; then every side effect is counted with SQL.
 
     python -m bench.chaos --runs 30 --kills 5 --pg-restarts 1 --seed 7          (the CI configuration)
     python -m bench.chaos --runs 1000 --kills 200 --pg-restarts 3 --deadline 1800
+    python -m bench.chaos --net-faults --runs 150 --workers 3 --kills 10 --seed 18
+
+With `--net-faults` the workers reach PostgreSQL through `bench.netproxy`, which resets connections
+at random and loses COMMIT replies (the server committed; the worker hears nothing).
 
 It owns its PostgreSQL (an embedded server in a temporary folder), never the machine's. The seed and
 every parameter are printed, so a failure can be replayed. Exit status 1 if an invariant breaks."""
@@ -22,11 +26,15 @@ import psycopg
 from app.database import embedded_server, ensure_database, start_embedded_postgres
 from app.schema import migrate
 from bench.invariants import check
+from bench.netproxy import Counts, Faults, NetProxy, ProxyThread, upstream_address
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
+START_TIMEOUT = 300  # seconds a (re)started worker may take to answer /healthz on a loaded machine
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
-REPORTED = ["submitted", "succeeded", "compensated", "failed", "pending", "lost", "duplicate_effects", "effects_without_ledger_outcome",
-            "ledger_outcomes_without_effect", "ledger_outcomes_without_event", "kills", "pg_restarts", "runs_recovered", "wall_seconds"]
+REPORTED = ["submitted", "succeeded", "compensated", "failed", "compensation_failed", "pending", "lost", "duplicate_effects",
+            "duplicate_ledger_intents", "duplicate_ledger_outcomes", "checkpoints_disagreeing_with_ledger", "checkpoint_replay_errors", "duplicate_approvals",
+            "duplicate_compensations", "effects_without_ledger_outcome", "ledger_outcomes_without_effect", "ledger_outcomes_without_event",
+            "kills", "pg_restarts", "connection_resets", "lost_commit_replies", "lost_autocommit_replies", "runs_recovered", "wall_seconds"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,9 @@ class Params:
     deadline: float
     model_failure_rate: float
     lost_responses: int
+    net_faults: bool
+    reset_rate: float
+    lose_commit_rate: float
 
 
 @dataclass
@@ -56,7 +67,8 @@ class Chaos:
 
     async def request(self, method: str, path: str, **kwargs: object) -> httpx.Response | None:
         """Send to some live worker; None if none answered (killed, or the database is restarting)."""
-        for worker in self.rng.sample(self.live(), len(self.live())):
+        live = self.live()  # once: the monkey kills workers meanwhile
+        for worker in self.rng.sample(live, len(live)):
             try:
                 async with worker.client(timeout=10) as client:
                     response = await client.request(method, path, **kwargs)
@@ -94,7 +106,7 @@ class Chaos:
                     victim.kill()
                     self.kills += 1
                 await asyncio.sleep(self.rng.uniform(0.2, 1.5))
-                await asyncio.to_thread(victim.start)
+                await asyncio.to_thread(victim.start, START_TIMEOUT)
 
     def restart_postgres(self) -> None:
         server = embedded_server(self.data_dir)
@@ -122,6 +134,10 @@ async def run(params: Params) -> int:
     chaos.url = start_embedded_postgres(data_dir)
     ensure_database(chaos.url)
     migrate(chaos.url)
+    proxy = None
+    if params.net_faults:  # the workers, not the harness's own checks, go through the flaky network
+        faults = Faults(reset_rate=params.reset_rate, lose_commit_rate=params.lose_commit_rate, seed=params.seed)
+        proxy = ProxyThread(NetProxy(upstream_address(chaos.url), faults))
     mix = scenarios(rng, params.runs)
     with psycopg.connect(chaos.url, autocommit=True) as conn:
         for customer, _, kind in mix:
@@ -131,9 +147,9 @@ async def run(params: Params) -> int:
         conn.execute("INSERT INTO sandbox.faults (service, kind, remaining) VALUES ('payments', 'drop_response', %s)", (params.lost_responses,))
     model, model_url = start_scripted_model(data_dir / "model.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OPENAI_"))}
-    env.update({"DATABASE_URL": chaos.url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "chaos", "KEEL_AUTH": "off",
-                "KEEL_DEMO_SERVICES": "on", "PYTHONPATH": str(ROOT)})
-    chaos.workers = [Worker(env={**env, "KEEL_EXECUTOR_ID": f"chaos-{i}"}, log=data_dir / f"worker-{i}.log").start()
+    env.update({"DATABASE_URL": proxy.url(chaos.url) if proxy else chaos.url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "chaos",
+                "KEEL_AUTH": "off", "KEEL_DEMO_SERVICES": "on", "PYTHONPATH": str(ROOT)})
+    chaos.workers = [Worker(env={**env, "KEEL_EXECUTOR_ID": f"chaos-{i}"}, log=data_dir / f"worker-{i}.log").start(START_TIMEOUT)
                      for i in range(params.workers)]
     started = time.monotonic()
     try:
@@ -152,8 +168,12 @@ async def run(params: Params) -> int:
         for worker in chaos.workers:
             worker.stop()
         stop(model)
+        if proxy is not None:
+            proxy.stop()
         embedded_server(data_dir).stop()
-    report.update(kills=chaos.kills, pg_restarts=chaos.pg_restarts, wall_seconds=round(time.monotonic() - started, 1), unfinished_at_deadline=pending)
+    counts = proxy.proxy.counts if proxy else Counts()
+    report.update(kills=chaos.kills, pg_restarts=chaos.pg_restarts, wall_seconds=round(time.monotonic() - started, 1), unfinished_at_deadline=pending,
+                  connection_resets=counts.resets, lost_commit_replies=counts.lost_commit_replies, lost_autocommit_replies=counts.lost_autocommit_replies)
     print_report(report)
     return 0 if not report["violations"] else 1
 
@@ -193,6 +213,9 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=240, help="seconds until the harness stops waiting")
     parser.add_argument("--model-failure-rate", type=float, default=0.03)
     parser.add_argument("--lost-responses", type=int, default=5, help="payments that commit, then lose their response")
+    parser.add_argument("--net-faults", action="store_true", help="put a flaky network (bench/netproxy.py) between the workers and PostgreSQL")
+    parser.add_argument("--reset-rate", type=float, default=0.0005, help="with --net-faults: chance that a message a worker sends resets its connection")
+    parser.add_argument("--lose-commit-rate", type=float, default=0.02, help="with --net-faults: chance that the reply to a commit is lost")
     args = parser.parse_args()
     raise SystemExit(asyncio.run(run(Params(**{k.replace("-", "_"): v for k, v in vars(args).items()}))))
 

@@ -1,5 +1,8 @@
 """What must hold after chaos, checked with SQL: no run lost or stuck, every effect exactly once,
-rolled-back runs undone exactly once, and the ledger agreeing with the sandbox row for row."""
+rolled-back runs undone exactly once, the ledger agreeing with the sandbox row for row, and no
+duplicate in Keel's own records: one ledger intent per tool call, one execution per ledger outcome,
+DBOS's checkpoints agreeing with the ledger, one approval per call, one compensation per effect,
+and no undo given up on a transient failure."""
 
 from typing import Any
 
@@ -18,6 +21,26 @@ SELECT c.id, c.plan,
        (SELECT count(*) FROM sandbox.emails e WHERE e.recipient = c.email) AS emails
 FROM sandbox.customers c WHERE c.id = ANY(%s)
 """
+RECORD_CHECKS = {
+    # Two ledger rows for one tool call of a run: a retried step that took a second key.
+    "duplicate_ledger_intents": "SELECT count(*) FROM (SELECT 1 FROM keel.tool_calls GROUP BY run_id, tool_call_id HAVING count(*) > 1) d",
+    # A key whose tool ran to success more than once (a deduplicated answer does not count).
+    "duplicate_ledger_outcomes": """SELECT count(*) FROM (SELECT 1 FROM keel.events WHERE kind = 'tool_result' AND (payload ->> 'ok')::boolean
+                                    AND NOT coalesce((payload ->> 'deduplicated')::boolean, false)
+                                    GROUP BY payload ->> 'idempotency_key' HAVING count(*) > 1) d""",
+    # A tool step's checkpointed result that is not the ledger's (the step's effect ran again, or another one did).
+    "checkpoints_disagreeing_with_ledger": """SELECT count(*) FROM dbos.operation_outputs o JOIN keel.tool_calls c
+                                               ON c.idempotency_key = o.output::jsonb ->> 'idempotency_key'
+                                               WHERE o.function_name = 'keel.tool_call' AND (o.output::jsonb ->> 'ok')::boolean
+                                               AND (c.status <> 'succeeded' OR c.result IS DISTINCT FROM o.output::jsonb -> 'result')""",
+    # A workflow that, replayed from its checkpoints, met a different history than it recorded.
+    "checkpoint_replay_errors": """SELECT count(*) FROM dbos.workflow_output o JOIN dbos.workflow_status s USING (workflow_uuid)
+                                    WHERE s.name LIKE 'keel.%' AND o.error ~ '(UnexpectedStep|Nondeterminism|ConflictID)'""",
+    # Two approval requests for one tool call of a run.
+    "duplicate_approvals": "SELECT count(*) FROM (SELECT 1 FROM keel.approvals GROUP BY run_id, tool_call_id HAVING count(*) > 1) d",
+    # Two compensations planned for one effect.
+    "duplicate_compensations": "SELECT count(*) FROM (SELECT 1 FROM keel.compensations GROUP BY idempotency_key HAVING count(*) > 1) d",
+}
 # (sandbox table, its idempotency key column, the tool whose ledger rows must match it)
 LEDGERED = [("payments", "charge_customer"), ("tickets", "create_ticket"), ("emails", "send_email"), ("refunds", "undo_charge_customer")]
 
@@ -44,6 +67,9 @@ def check(url: str, keys: list[str], mix: list[tuple[str, str, str]]) -> dict[st
             without_effect = conn.execute(f"SELECT count(*) FROM ({ledger}) l WHERE idempotency_key NOT IN (SELECT idempotency_key FROM sandbox.{table})",
                                           (tool,)).fetchone()[0]
             ledger_gaps[table] = (without_outcome, without_effect)
+        duplicated = {name: conn.execute(query).fetchone()[0] for name, query in RECORD_CHECKS.items()}
+        transient_undo_failures = conn.execute(
+            "SELECT count(*) FROM keel.compensations WHERE status = 'failed' AND error ->> 'kind' <> 'permanent'").fetchone()[0]
         unrecorded = conn.execute(
             """SELECT count(*) FROM keel.tool_calls c WHERE c.status = 'succeeded' AND NOT EXISTS (
                    SELECT 1 FROM keel.events e WHERE e.kind = 'tool_result' AND e.payload ->> 'idempotency_key' = c.idempotency_key
@@ -64,18 +90,23 @@ def check(url: str, keys: list[str], mix: list[tuple[str, str, str]]) -> dict[st
             violations.append(f"{table}: {without_outcome} effect(s) without a ledger outcome, {without_effect} outcome(s) without an effect")
     if unrecorded:
         violations.append(f"{unrecorded} ledger outcome(s) without a tool_result event")
+    violations += [f"{name.replace('_', ' ')}: {count}" for name, count in duplicated.items() if count]
+    if transient_undo_failures:
+        violations.append(f"{transient_undo_failures} compensation(s) failed on a transient cause")
     statuses = [value[0] for value in runs.values()]
     return {
         "submitted": len(keys),
         "succeeded": statuses.count("succeeded"),
         "compensated": statuses.count("compensated"),
-        "failed": statuses.count("failed") + statuses.count("compensation_failed"),
+        "failed": statuses.count("failed"),
+        "compensation_failed": statuses.count("compensation_failed"),
         "pending": sum(1 for s in statuses if s not in ("succeeded", "compensated", "failed", "compensation_failed", "cancelled")),
         "lost": len(set(keys) - set(runs)),
         "duplicate_effects": duplicates,
         "effects_without_ledger_outcome": sum(gap[0] for gap in ledger_gaps.values()),
         "ledger_outcomes_without_effect": sum(gap[1] for gap in ledger_gaps.values()),
         "ledger_outcomes_without_event": unrecorded,
+        **duplicated,
         "runs_recovered": sum(1 for value in runs.values() if (value[2] or 0) > 1),
         "violations": violations,
     }

@@ -41,21 +41,29 @@ async def plan_compensations_step(run_id: str, compensable: list[str], irreversi
     return plan
 
 
+EVENTS = {"running": "compensation_started", "succeeded": "compensation_finished", "failed": "compensation_failed", "parked": None}
+"""The event each state records in the run's timeline; a park is told by the undo's own `parked` event."""
+
+
 @DBOS.step(name="keel.compensation_mark", **OUTAGE_RETRIES)
-async def mark_compensation_step(run_id: str, n: int, status: str, error: dict[str, Any] | None, attempt: int) -> None:
-    """Record the outcome of compensation `n` of `run_id` (its events use `step_id = n`)."""
+async def mark_compensation_step(run_id: str, n: int, status: str, error: dict[str, Any] | None, attempt: int,
+                                 retry_in: float | None = None) -> None:
+    """Record the state of compensation `n` of `run_id` (its events use `step_id = n`); a `parked`
+    one tries again in `retry_in` seconds."""
     failpoints.hit(f"compensation.{status}:{n}")
     async with db.pool().connection() as conn, conn.transaction():
-        await conn.execute("UPDATE keel.compensations SET status = %s, error = %s, updated_at = now() WHERE run_id = %s AND n = %s",
-                           (status, Jsonb(error) if error else None, run_id, n))
-        kind = {"running": "compensation_started", "succeeded": "compensation_finished", "failed": "compensation_failed"}[status]
-        await events.record(run_id, n, kind, {"n": n, "error": error}, attempt=attempt, conn=conn)
+        await conn.execute(
+            """UPDATE keel.compensations SET status = %s, error = %s, updated_at = now(),
+                      retry_at = now() + make_interval(secs => %s) WHERE run_id = %s AND n = %s""",
+            (status, Jsonb(error) if error else None, retry_in, run_id, n))
+        if kind := EVENTS[status]:
+            await events.record(run_id, n, kind, {"n": n, "error": error}, attempt=attempt, conn=conn)
 
 
 async def list_compensations(run_id: str) -> list[dict[str, Any]]:
     async with db.pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         return await (await cursor.execute(
-            "SELECT n, tool, idempotency_key, workflow_id, status, error FROM keel.compensations WHERE run_id = %s ORDER BY n",
+            "SELECT n, tool, idempotency_key, workflow_id, status, error, retry_at FROM keel.compensations WHERE run_id = %s ORDER BY n",
             (run_id,))).fetchall()
 

@@ -129,9 +129,9 @@ async def test_cancelling_a_run_that_waits_for_approval_undoes_its_effects(api: 
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
 
-async def test_a_compensation_that_keeps_failing_waits_for_an_operator(api: httpx.AsyncClient, db, customer: str) -> None:
+async def test_a_compensation_that_fails_for_good_waits_for_an_operator(api: httpx.AsyncClient, db, customer: str) -> None:
     await fail_at_update_plan(api, customer)
-    await api.post("/sandbox/faults", json={"service": "payments", "kind": "unavailable", "match": "run rolled back", "times": 100})
+    await api.post("/sandbox/faults", json={"service": "payments", "kind": "reject", "match": "run rolled back", "times": 100})
     run_id = await start(api, f"Upgrade customer {customer} to the pro plan")
 
     stuck = await wait_for_run(api, run_id)
@@ -144,6 +144,6 @@ async def test_a_compensation_that_keeps_failing_waits_for_an_operator(api: http
 
     assert stuck["status"] == "compensation_failed"
     assert [(c["tool"], c["status"]) for c in stuck["compensations"]] == [("charge_customer", "failed"), ("create_ticket", "pending")]
-    assert stuck["compensations"][0]["error"]["kind"] == "transient"
+    assert stuck["compensations"][0]["error"]["kind"] == "permanent"
     assert retried.status_code == 200
     assert await sandbox_state(db, customer) == (1, 1, "closed", "basic")

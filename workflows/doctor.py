@@ -27,6 +27,9 @@ CHECKS = {
     "circuit_open": """
         SELECT run_id, waiting_for ->> 'waiting_for' AS dependency, waiting_for -> 'error' ->> 'message' AS detail
         FROM keel.runs WHERE waiting_for -> 'error' ->> 'kind' = 'circuit_open'""",
+    "compensation_parked": """
+        SELECT run_id, tool, error ->> 'kind' AS kind, error ->> 'message' AS detail, retry_at
+        FROM keel.compensations WHERE status = 'parked'""",
     "compensation_failed": """
         SELECT r.run_id, c.tool, c.error ->> 'message' AS detail
         FROM keel.runs r JOIN keel.compensations c USING (run_id)
@@ -39,6 +42,7 @@ FIXES = {
     "other_version": "only a worker with KEEL_APP_VERSION={app_version} recovers it: start one to drain it, or check with `keel replay` before moving it",
     "dead_lettered": "crashed its worker {recovery_attempts} times; after fixing the cause, `keel resume {run_id}`",
     "circuit_open": "waits for {dependency} to recover; it resumes by itself once a probe call succeeds",
+    "compensation_parked": "undoing {tool} met a transient failure ({kind}: {detail}); it tries again by itself at {retry_at:%Y-%m-%d %H:%M:%S %Z}",
     "compensation_failed": "undoing {tool} failed; fix the cause, then `keel compensate {run_id}`",
 }
 

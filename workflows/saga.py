@@ -2,9 +2,16 @@
 
 `keel.rollback` (ID `<run>:rollback`) plans the compensations from the ledger and runs each as its
 own workflow `keel.compensate` (ID `<run>:compensate:<n>`), one after another, so each runs exactly
-once even if the process dies during the rollback. A compensation that exhausts its retries marks
-itself `failed` and waits, durably, for an operator's `keel compensate RUN_ID` to try again."""
+once even if the process dies during the rollback.
 
+An undo never gives up on a transient failure: one that meets an open circuit, a long `Retry-After`
+or a failure that outlasts its tool's retry policy is marked `parked` and sleeps durably, then tries
+again, until it has waited `retry_budget` seconds in all. Only a permanent failure, or a failure
+after the budget is spent, marks it `failed`: it then waits, durably, for an operator's
+`keel compensate RUN_ID` (or a week) to try again, with a fresh budget."""
+
+import functools
+import math
 from typing import Any
 
 from dbos import DBOS, SetWorkflowID
@@ -12,10 +19,37 @@ from dbos import DBOS, SetWorkflowID
 from steps import ids
 from steps.compensations import mark_compensation_step, plan_compensations_step
 from steps.ledger import tool_call_step
+from steps.retry import RetryPolicy
 from workflows.agent import Agent, get_agent
+from workflows.parking import Parking, call_parking
 
 RETRY_TOPIC = "retry"
 RETRY_WAIT_SECONDS = 7 * 24 * 3600.0  # past this, a failed compensation tries again by itself
+RETRY_BUDGET = 24 * 3600.0
+"""Default seconds an undo may spend parked before its next failure is final (`KEEL_UNDO_RETRY_BUDGET`)."""
+FIRST_WAIT, MAX_WAIT = 5.0, 300.0
+"""Parks after transient failures wait 5 s, 10 s, 20 s, ... up to 5 minutes (or the `Retry-After`, if longer)."""
+
+_retry_budget = RETRY_BUDGET
+
+
+def configure(retry_budget: float) -> None:
+    """Seconds of parking after which an undo's next failure is final (the application calls this at start-up)."""
+    global _retry_budget
+    _retry_budget = retry_budget
+
+
+def undo_wait(outcome: dict[str, Any], policy: RetryPolicy) -> float | None:
+    """How long a failed undo parks: as long as the step asks (an open circuit, a long `Retry-After`);
+    after a transient failure that used up `policy`'s attempts, longer with each attempt past them
+    (a refused call, such as one that met an open circuit, is no attempt); never after a permanent one."""
+    if outcome.get("park") is not None:
+        return outcome["park"]
+    error = outcome["error"]
+    if error["kind"] != "transient":
+        return None
+    beyond = max(0, outcome["attempts"] - policy.max_attempts)
+    return max(error.get("retry_after") or 0.0, min(MAX_WAIT, FIRST_WAIT * 2**beyond))
 
 
 def needs_rollback(agent: Agent, tools_used: list[str]) -> bool:
@@ -37,8 +71,9 @@ async def rollback(request: dict[str, Any]) -> dict[str, Any]:
     for effect in plan:
         if effect["status"] == "irreversible":
             continue
+        # The budget travels in the input, so a worker configured otherwise replays the same decisions.
         with SetWorkflowID(effect["workflow_id"]):
-            handle = await DBOS.start_workflow_async(compensate, {**effect, "run_id": run_id, "agent": agent.name})
+            handle = await DBOS.start_workflow_async(compensate, {**effect, "run_id": run_id, "agent": agent.name, "retry_budget": _retry_budget})
         await handle.get_result()
     return {
         "compensated": [e["tool"] for e in plan if e["status"] != "irreversible"],
@@ -52,17 +87,26 @@ async def compensate(effect: dict[str, Any]) -> Any:
     undo = get_agent(effect["agent"]).tools[effect["tool"]].compensation
     assert undo is not None, f"{effect['tool']} has no compensation"
     run_id, n = effect["run_id"], effect["n"]
-    attempt = 0
-    while True:
-        attempt += 1
-        await mark_compensation_step(run_id, n, "running", None, attempt)
+    parking = Parking(wait=functools.partial(undo_wait, policy=undo.retry), max_parks=math.inf, budget=effect.get("retry_budget", RETRY_BUDGET))
+    rounds = 0
+
+    async def call(first_attempt: int, previous: dict[str, Any] | None) -> dict[str, Any]:
+        nonlocal rounds
+        rounds += 1
+        await mark_compensation_step(run_id, n, "running", None, rounds)
         # One key for every round, so a retried undo is deduplicated like any other call.
-        outcome = await tool_call_step(undo, {"arguments": effect["arguments"], "result": effect["result"]},
-                                       f"compensate:{n}", key=effect["workflow_id"])
+        return await tool_call_step(undo, {"arguments": effect["arguments"], "result": effect["result"]},
+                                    f"compensate:{n}", key=effect["workflow_id"], first_attempt=first_attempt)
+
+    async def parked(outcome: dict[str, Any], wait: float) -> None:
+        await mark_compensation_step(run_id, n, "parked", outcome["error"], rounds, wait)
+
+    while True:
+        outcome = await call_parking(call, f"undo {undo.name} ({undo.dependency})", parking, parked)
         if outcome["ok"]:
-            await mark_compensation_step(run_id, n, "succeeded", None, attempt)
+            await mark_compensation_step(run_id, n, "succeeded", None, rounds)
             return outcome["result"]
-        await mark_compensation_step(run_id, n, "failed", outcome["error"], attempt)
+        await mark_compensation_step(run_id, n, "failed", outcome["error"], rounds)
         await DBOS.recv_async(topic=RETRY_TOPIC, timeout_seconds=RETRY_WAIT_SECONDS)
 
 

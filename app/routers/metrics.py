@@ -31,6 +31,8 @@ async def metrics() -> Response:
         await gauge("keel_breaker_open", "1 while a dependency's circuit is open or half-open",
                     "SELECT dependency, (state <> 'closed')::int FROM keel.breakers", ["dependency"]),
         await gauge("keel_compensations", "Compensations by status", "SELECT status, count(*) FROM keel.compensations GROUP BY status", ["status"]),
+        await gauge("keel_compensations_parked", "Undo calls waiting durably to try again, by the kind of failure they met",
+                    "SELECT error ->> 'kind', count(*) FROM keel.compensations WHERE status = 'parked' GROUP BY 1", ["kind"]),
         await counter("keel_retries", "Retried attempts of model and tool calls", "SELECT count(*) FROM keel.events WHERE kind = 'retry'"),
         await histogram("keel_llm_latency_seconds", "Model call latency", "SELECT latency_ms FROM keel.llm_calls"),
         await histogram("keel_tool_call_seconds", "Tool call duration, intent to outcome",

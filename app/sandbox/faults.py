@@ -7,7 +7,7 @@ from psycopg import AsyncConnection
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
-FaultKind = Literal["drop_response", "delay_response", "unavailable"]
+FaultKind = Literal["drop_response", "delay_response", "unavailable", "reject"]
 
 TAKE = """
 UPDATE sandbox.faults SET remaining = remaining - 1
@@ -22,7 +22,8 @@ RETURNING kind, seconds
 
 class FaultCreate(BaseModel):
     service: Literal["payments", "mail", "plans"]
-    kind: FaultKind
+    kind: FaultKind = Field(description="unavailable: a 503 (transient) and reject: a 422 (permanent), before any effect; "
+                                        "drop_response and delay_response: after the effect committed")
     match: str | None = Field(None, description="Only requests whose body contains this text")
     times: int = Field(1, ge=1)
     seconds: float = Field(0, ge=0, description="delay_response: how long to hold the response; unavailable: its Retry-After")

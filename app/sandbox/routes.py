@@ -124,10 +124,12 @@ async def clear_faults() -> dict[str, int]:
 
 
 async def take_fault_or_refuse(conn: AsyncConnection, service: str, request_text: str) -> Fault | None:
-    """The fault this request meets, if any; an `unavailable` one refuses it with a 503 at once."""
+    """The fault this request meets, if any; an `unavailable` one refuses it with a 503 at once, a `reject` one with a 422."""
     fault = await take_fault(conn, service, request_text)
     if fault and fault.kind == "unavailable":
         raise HTTPException(503, f"{service} unavailable (sandbox fault)", headers={"Retry-After": f"{fault.seconds:g}"})
+    if fault and fault.kind == "reject":
+        raise HTTPException(422, f"{service} rejected the request (sandbox fault)")
     return fault
 
 
