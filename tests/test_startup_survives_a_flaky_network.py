@@ -21,7 +21,7 @@ async def test_a_worker_whose_first_connections_are_dropped_or_reset_comes_up_an
     worker_env: dict[str, str], database_url: str, logs: Path, db: psycopg.AsyncConnection, customer: str
 ) -> None:
     # Two connections refused outright, then one cut in the middle of each step of start-up: making
-    # sure the database exists, DBOS's migrations, Keel's, and DBOS's launch.
+    # sure the database exists, the check of DBOS's schema version and Keel's, and DBOS's launch.
     faults = Faults(drop_first=2, cut_when=("pg_database", "dbos_migrations", "alembic_version", "application_versions"))
     log = logs / "worker-flaky-start.log"
     with ProxyThread(NetProxy(upstream_address(database_url), faults)) as proxy:
@@ -41,7 +41,7 @@ async def test_a_worker_whose_first_connections_are_dropped_or_reset_comes_up_an
     retries = [line for line in log.read_text().splitlines() if "start-up: could not" in line]
     assert all("retrying in" in line for line in retries)  # each failed try was logged, with what failed and why
     assert [line.split(" (attempt")[0] for line in retries] == [
-        "start-up: could not reach the database"] * 3 + ["start-up: could not migrate the database"] * 2 + ["start-up: could not launch DBOS"]
+        "start-up: could not reach the database"] * 3 + ["start-up: could not find the schema at head"] * 2 + ["start-up: could not launch DBOS"]
 
 
 def test_a_worker_whose_database_never_answers_exits_after_the_bound_with_one_clear_line(
