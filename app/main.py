@@ -64,7 +64,8 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     db.configure(pool)
     sandbox.configure(sandbox_pool)
     model = AsyncOpenAI(base_url=settings.model_base_url, api_key=settings.model_api_key, max_retries=0, timeout=settings.model_timeout)
-    llm.configure(model, default_model=settings.model_name, prices=settings.model_prices, stream_tokens=settings.stream_tokens)
+    llm.configure(model, default_model=settings.model_name, prices=settings.model_prices, stream_tokens=settings.stream_tokens,
+                  timeout=settings.model_timeout)
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
