@@ -80,6 +80,10 @@ class ModelRequest:
     """Seconds one attempt may take, the whole stream included; None: the configured default."""
     deadline: float | None = None
     """Epoch seconds after which the run's wall-clock budget refuses the call."""
+    reasks: list[dict[str, Any]] = field(default_factory=list)
+    """Why the model is asked again (`{"problem", "tool_call_id"}` each): its last reply was malformed,
+    named an unknown tool, or a tool said so (`AskModel`). Recorded as this call's `reask` event."""
+    reasks_left: int = 0
 
 
 @DBOS.step(name="keel.llm", **OUTAGE_RETRIES)
@@ -92,6 +96,8 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
     if request.deadline is not None and time.time() > request.deadline:
         return {"ok": False, "error": {"kind": "budget", "type": "BudgetExceeded", "message": "the run's wall-clock budget is spent"}}
     dependency = f"model:{client().base_url}"
+    if request.reasks and first_attempt == 1:  # a call continued after a durable wait was re-asked already
+        await events.record(run_id, step_id, "reask", {"turn": request.turn, "problems": request.reasks, "reasks_left": request.reasks_left})
     await events.record(run_id, step_id, "llm_request", {"model": model, "turn": request.turn, "messages": request.messages[request.already_sent:]},
                         attempt=first_attempt)
     failpoints.hit(f"llm.before_request:{request.turn}")

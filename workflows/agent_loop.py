@@ -77,6 +77,8 @@ class AgentRun:
         self.model = model or agent.model
         self.instructions = instructions
         self.reasks_left = agent.max_reasks
+        self.reasks: list[dict[str, Any]] = []
+        """Problems the next model call tells the model about (recorded as its `reask` event)."""
         self.tools_used: list[str] = []
         self.tokens = 0
         self.cost_usd = 0.0
@@ -101,7 +103,9 @@ class AgentRun:
         for turn in range(1, agent.max_turns + 1):
             await self.check_budgets()
             request = ModelRequest(model=self.model, messages=list(conversation), tools=agent.tool_schemas, turn=turn,
-                                   already_sent=sent, retry=agent.model_retry, timeout=agent.model_timeout, deadline=deadline)
+                                   already_sent=sent, retry=agent.model_retry, timeout=agent.model_timeout, deadline=deadline,
+                                   reasks=self.reasks, reasks_left=self.reasks_left)
+            self.reasks = []
             reply = await self.ops.model(request)
             sent = len(conversation)
             if not reply["ok"]:
@@ -116,7 +120,7 @@ class AgentRun:
                 if problem is None:
                     await self.ops.event("run_finished", {"status": "succeeded", "turns": turn})
                     return output
-                await self.reask(problem)
+                await self.reask(problem, None)
                 conversation.append({"role": "user", "content": f"Your final answer was not accepted: {problem}. Try again."})
                 continue
             for call in calls:
@@ -127,7 +131,7 @@ class AgentRun:
         """Run one of the model's tool calls; returns the tool message that answers it."""
         found, arguments, problem = self.agent.parse_call(call)
         if found is None or problem is not None:
-            await self.reask(problem or "unknown tool")
+            await self.reask(problem or "unknown tool", call["id"])
             return tool_message(call["id"], {"error": {"kind": INVALID_REPLY, "message": problem}})
         if self.agent.needs_approval(found, arguments):
             decision = await self.ops.approval(found, arguments, call["id"])
@@ -142,7 +146,7 @@ class AgentRun:
             return tool_message(call["id"], outcome["result"])
         error = outcome["error"]
         if error["kind"] == "ask_model":
-            await self.reask(error["message"])
+            await self.reask(error["message"], call["id"])
             return tool_message(call["id"], {"error": error})
         await self.fail(failure_reason(error, "tool"), f"tool {found.name} failed: {error['message']}")
 
@@ -154,11 +158,13 @@ class AgentRun:
         if agent.max_cost_usd is not None and self.cost_usd >= agent.max_cost_usd:
             await self.fail("budget_exhausted", f"spent ${self.cost_usd:.4f} of a budget of ${agent.max_cost_usd}")
 
-    async def reask(self, problem: str) -> None:
-        """Count a malformed reply; past the agent's bound, the run fails."""
+    async def reask(self, problem: str, tool_call_id: str | None) -> None:
+        """Count a reply the model must redo; past the agent's bound, the run fails. The next model
+        call records the re-ask (an event of its own step: the loop's steps stay as they were)."""
         self.reasks_left -= 1
         if self.reasks_left < 0:
             await self.fail("invalid_model_output", problem)
+        self.reasks.append({"problem": problem, "tool_call_id": tool_call_id})
 
     async def fail(self, reason: str, message: str) -> NoReturn:
         await self.ops.event("run_finished", {"status": "failed", "reason": reason, "message": message})
