@@ -204,12 +204,12 @@ def fork(run_id: str, from_step: int, model: str | None, instructions: str | Non
 @click.option("--pending", is_flag=True, help="Replay every run that has not ended (the check before a deploy).")
 def replay(run_ids: tuple[str, ...], pending: bool) -> None:
     """Check that the current code makes the same decisions as recorded runs (nothing is called)."""
-    ids = list(run_ids)
-    if pending:
-        for status in ("running", "awaiting_approval", "compensating"):
-            ids += [item["run_id"] for item in request("GET", "/v1/runs", params={"status": status, "limit": 200})["runs"]]
-    if not ids:
+    if not run_ids and not pending:
         raise click.UsageError("name runs to replay, or pass --pending")
+    ids = list(run_ids) + (pending_runs() if pending else [])
+    if not ids:
+        click.echo("no runs are pending: nothing to replay", err=True)
+        return
     diverged = 0
     for run_id in ids:
         report = request("POST", f"/v1/runs/{run_id}/replay")
@@ -220,6 +220,20 @@ def replay(run_ids: tuple[str, ...], pending: bool) -> None:
             click.echo(f"{run_id}: DIVERGES: {report['divergence']}")
     click.echo(f"{len(ids)} replayed, {diverged} diverge", err=True)
     sys.exit(1 if diverged else 0)
+
+
+def pending_runs() -> list[str]:
+    """Every run that has not ended, page by page."""
+    ids: list[str] = []
+    for status in ("running", "awaiting_approval", "compensating"):
+        params: dict[str, Any] = {"status": status, "limit": 200}
+        while True:
+            page = request("GET", "/v1/runs", params=params)
+            ids += [item["run_id"] for item in page["runs"]]
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+    return ids
 
 
 @main.command()

@@ -30,6 +30,7 @@ from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
+from workflows.run_logging import log_run_failures_on_one_line
 from workflows.run_queue import RunQueue
 from workflows.workers import OrphanWatch, beat, take_over_dead_workers
 
@@ -71,6 +72,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
     billing.configure(settings.sandbox_base_url)
     DBOS(config=dbos_config(settings, url))
+    log_run_failures_on_one_line()
     queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
                      global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval,
                      max_queued=settings.max_queued_runs)

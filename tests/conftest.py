@@ -112,6 +112,19 @@ def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..
         worker.stop()
 
 
+@pytest.fixture
+def own_database(database_url: str) -> Callable[[str], dict[str, str]]:
+    """`own_database(name)`: a database of the test's own (`<test database>_<name>`, made afresh), as the
+    environment a worker needs to use it (its URL and an admin key): for tests that judge the whole
+    database, which the shared one is not (other tests leave runs waiting there)."""
+
+    def make(name: str) -> dict[str, str]:
+        url = fresh_database(database_url, f"{TEST_DATABASE}_{name}")
+        return {"DATABASE_URL": url, "KEEL_API_KEY": make_key(url, "admin")}
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def service(worker_env: dict[str, str], logs: Path) -> Iterator[Worker]:
     """The worker most tests share."""
