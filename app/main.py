@@ -30,6 +30,7 @@ from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names
 from workflows.approvals import redeliver_decisions
+from workflows.cancels import finish_outside_cancels
 from workflows.run_logging import log_run_failures_on_one_line
 from workflows.run_queue import RunQueue
 from workflows.workers import OrphanWatch, beat, take_over_dead_workers
@@ -95,7 +96,8 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def heartbeats(settings: Settings) -> None:
     """Tell `keel.workers` this executor is alive, take over the runs of workers that are not (and
-    this worker's own runs that no task runs any more), and deliver decisions whose messages were lost."""
+    this worker's own runs that no task runs any more), deliver decisions whose messages were lost,
+    and finish runs cancelled from outside Keel."""
     orphans = OrphanWatch()
     while True:
         try:
@@ -104,6 +106,7 @@ async def heartbeats(settings: Settings) -> None:
             await take_over_dead_workers(settings.executor_id, stale_after=6 * settings.heartbeat_interval)
             await orphans.adopt(settings.executor_id)
             await redeliver_decisions(grace=2 * settings.heartbeat_interval)
+            await finish_outside_cancels()
         except Exception:  # a missed beat is not worth a crash; the next one may go through
             log.exception("heartbeat failed")
         await asyncio.sleep(settings.heartbeat_interval)

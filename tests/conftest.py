@@ -8,6 +8,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def make_key(database_url: str, role: str) -> str:
         async with await psycopg.AsyncConnection.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
             return (await create_key(conn, f"test-{role}", role))[1]  # type: ignore[arg-type]
 
-    return asyncio.run(create())
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, so async tests may call it too
+        return thread.submit(asyncio.run, create()).result()
 
 
 @pytest.fixture(scope="session")

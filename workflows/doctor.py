@@ -27,6 +27,10 @@ CHECKS = {
     "circuit_open": """
         SELECT run_id, waiting_for ->> 'waiting_for' AS dependency, waiting_for -> 'error' ->> 'message' AS detail
         FROM keel.runs WHERE waiting_for -> 'error' ->> 'kind' = 'circuit_open'""",
+    "cancelled_outside": """
+        SELECT s.workflow_uuid AS run_id FROM dbos.workflow_status s
+        WHERE s.status = 'CANCELLED' AND s.name = 'keel.agent_run'
+          AND NOT EXISTS (SELECT 1 FROM dbos.workflow_status r WHERE r.workflow_uuid = s.workflow_uuid || ':rollback')""",
     "compensation_failed": """
         SELECT r.run_id, c.tool, c.error ->> 'message' AS detail
         FROM keel.runs r JOIN keel.compensations c USING (run_id)
@@ -39,6 +43,8 @@ FIXES = {
     "other_version": "only a worker with KEEL_APP_VERSION={app_version} recovers it: start one to drain it, or check with `keel replay` before moving it",
     "dead_lettered": "crashed its worker {recovery_attempts} times; after fixing the cause, `keel resume {run_id}`",
     "circuit_open": "waits for {dependency} to recover; it resumes by itself once a probe call succeeds",
+    "cancelled_outside": ("cancelled outside Keel (`dbos workflow cancel`): its effects are not undone and its approvals are open; "
+                          "a worker finishes it at its next heartbeat, or `keel cancel {run_id}` does now"),
     "compensation_failed": "undoing {tool} failed; fix the cause, then `keel compensate {run_id}`",
 }
 

@@ -11,14 +11,15 @@ from dbos import DBOS, SetWorkflowID
 from psycopg.rows import dict_row
 
 from steps import db, stream
-from steps.approvals import cancel_pending_approvals, get_approval
+from steps.approvals import get_approval
 from steps.compensations import list_compensations
 from steps.errors import UserError
 from workflows import run_queue
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
+from workflows.cancels import finish_cancel
 from workflows.forks import fork_id, record_fork
-from workflows.saga import retry_compensations, start_rollback
+from workflows.saga import retry_compensations
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 COLUMNS = """run_id, agent, input, status, reason, output, error, turns, tokens, cost_usd, waiting_for, forked_from,
@@ -99,8 +100,7 @@ async def cancel_run(run_id: str) -> dict[str, Any]:
     if run["status"] in ("succeeded", "failed", "compensated"):
         raise RunConflict(f"run {run_id} already ended: {run['status']}")
     await DBOS.cancel_workflow_async(run_id)
-    await cancel_pending_approvals(run_id)
-    await start_rollback(run_id, run["agent"], "cancelled")
+    await finish_cancel(run_id, run["agent"])
     return await get_run(run_id)
 
 
