@@ -189,10 +189,12 @@ def events(run_id: str, as_json: bool) -> None:
 @click.option("--from-step", type=int, required=True, help="The first step to run live (see `keel events`).")
 @click.option("--model", default=None, help="Run the live part with this model.")
 @click.option("--instructions", default=None, help="Run the live part with these instructions.")
+@click.option("--redo-effects", is_flag=True, help="Make the effects after the fork point again (by default a call the origin "
+                                                      "made with the same arguments reuses its recorded outcome).")
 @click.option("--wait", is_flag=True, help="Wait for the new run to end and print its result.")
-def fork(run_id: str, from_step: int, model: str | None, instructions: str | None, wait: bool) -> None:
+def fork(run_id: str, from_step: int, model: str | None, instructions: str | None, redo_effects: bool, wait: bool) -> None:
     """Start a new run from RUN_ID's recorded history up to a step, live from there."""
-    body = {"from_step": from_step, "model": model, "instructions": instructions}
+    body = {"from_step": from_step, "model": model, "instructions": instructions, "redo_effects": redo_effects}
     forked = request("POST", f"/v1/runs/{run_id}/fork", json=body)
     click.echo(f"run {forked['run_id']}: {forked['status']} (forked from {run_id} at step {from_step})")
     if wait:

@@ -11,18 +11,22 @@ from typing import Any, NoReturn, Protocol
 
 from dbos import DBOS
 
+from steps.approvals import approval_run
 from steps.errors import RunFailed
 from steps.events import record_step
+from steps.fork_reuse import NEEDS_APPROVAL
 from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
 from steps.tools import Tool
 from workflows.agent import Agent, get_agent
 from workflows.approvals import await_approval
-from workflows.forks import fork_overrides
+from workflows.forks import read_fork
 from workflows.parking import call_parking
 from workflows.saga import needs_rollback, start_rollback
 
 INVALID_REPLY = "invalid_arguments"
+GO_AHEAD = ("approved", "not_needed")
+"""Decisions a call may go ahead on: `not_needed` when a fork reuses its origin's outcome (no effect)."""
 
 
 @DBOS.workflow(name="keel.agent_run")
@@ -31,8 +35,8 @@ async def agent_run(request: dict[str, Any]) -> Any:
     run_id = DBOS.workflow_id
     assert run_id is not None
     agent = get_agent(request["agent"])
-    overrides = await fork_overrides(run_id)  # a fork may change the model or the instructions
-    run = AgentRun(agent, DurableOperations(run_id, agent), **overrides)
+    fork = await read_fork(run_id)  # a fork may change the model or the instructions, and reuses its origin's outcomes
+    run = AgentRun(agent, DurableOperations(run_id, agent, reuses_from=fork and fork.reuses_from), **(fork.overrides() if fork else {}))
     return await run.execute(request["input"])
 
 
@@ -42,15 +46,17 @@ class Operations(Protocol):
 
     async def event(self, kind: str, payload: dict[str, Any]) -> float: ...
     async def model(self, request: ModelRequest) -> dict[str, Any]: ...
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
+    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]: ...
     async def approval(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
     async def rollback(self, reason: str) -> None: ...
 
 
 class DurableOperations:
-    def __init__(self, run_id: str, agent: Agent) -> None:
+    def __init__(self, run_id: str, agent: Agent, *, reuses_from: str | None = None) -> None:
         self.run_id = run_id
         self.agent = agent
+        self.reuses_from = reuses_from
+        """A fork's origin, whose recorded outcomes its repeated calls reuse."""
 
     async def event(self, kind: str, payload: dict[str, Any]) -> float:
         return await record_step(kind, payload)
@@ -58,13 +64,16 @@ class DurableOperations:
     async def model(self, request: ModelRequest) -> dict[str, Any]:
         return await call_parking(lambda first, _: llm_step(request, first), "model")
 
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]:
+        # A fork that forked after an approval holds its origin's decision: good for reusing the origin's outcome, not for an effect.
+        origin_approved = bool(decision and decision["approval_id"] and approval_run(decision["approval_id"]) != self.run_id)
         return await call_parking(
-            lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first),
+            lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first,
+                                                   origin=self.reuses_from, origin_approved=origin_approved),
             f"tool {tool.name} ({tool.dependency})")
 
     async def approval(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
-        return await await_approval(tool, arguments, call_id)
+        return await await_approval(tool, arguments, call_id, origin=self.reuses_from)
 
     async def rollback(self, reason: str) -> None:
         await (await start_rollback(self.run_id, self.agent.name, reason)).get_result()
@@ -133,14 +142,17 @@ class AgentRun:
         if found is None or problem is not None:
             await self.reask(problem or "unknown tool", call["id"])
             return tool_message(call["id"], {"error": {"kind": INVALID_REPLY, "message": problem}})
-        if self.agent.needs_approval(found, arguments):
-            decision = await self.ops.approval(found, arguments, call["id"])
-            if decision["status"] != "approved":
+        needs_approval = self.agent.needs_approval(found, arguments)
+        for _ in range(2):  # a fork holding only its origin's approval asks for its own, once
+            decision = await self.ops.approval(found, arguments, call["id"]) if needs_approval else None
+            if decision and decision["status"] not in GO_AHEAD:
                 message = f"a person did not approve this call ({decision['status']}): {decision['comment'] or 'no comment'}"
                 if found.approval.on_reject == "fail":
                     await self.fail("approval_rejected", f"{found.name}: {message}")
                 return tool_message(call["id"], {"error": {"kind": "not_approved", "message": message}})
-        outcome = await self.ops.tool(found, arguments, call["id"])
+            outcome = await self.ops.tool(found, arguments, call["id"], decision)
+            if outcome["ok"] or outcome["error"]["kind"] != NEEDS_APPROVAL:
+                break
         if outcome["ok"]:
             self.tools_used.append(found.name)
             return tool_message(call["id"], outcome["result"])

@@ -15,10 +15,17 @@ from steps.tools import Tool
 __all__ = ["await_approval", "decide", "get_approval", "list_approvals", "redeliver_decisions"]
 
 
-async def await_approval(tool: Tool, arguments: dict[str, Any], tool_call_id: str) -> dict[str, Any]:
-    """Ask for a decision on this call and wait for it; returns the settled outcome (`status`, ...)."""
+NOT_NEEDED = {"approval_id": None, "status": "not_needed", "decided_by": None, "comment": None}
+
+
+async def await_approval(tool: Tool, arguments: dict[str, Any], tool_call_id: str, *, origin: str | None = None) -> dict[str, Any]:
+    """Ask for a decision on this call and wait for it; returns the settled outcome (`status`, ...).
+    A fork passes its `origin`: a call it answers with the origin's outcome needs no decision."""
     policy = tool.approval
-    request = await request_approval_step(tool.name, arguments, tool_call_id, policy.timeout)
+    reuses = origin if tool.idempotency_key is None else None
+    request = await request_approval_step(tool.name, arguments, tool_call_id, policy.timeout, reuses)
+    if request["approval_id"] is None:
+        return NOT_NEEDED
     escalations_left = 1 if policy.on_expire == "escalate" else 0
     while True:
         await DBOS.recv_async(topic=request["approval_id"], timeout_seconds=policy.timeout)

@@ -104,9 +104,12 @@ async def cancel_run(run_id: str) -> dict[str, Any]:
     return await get_run(run_id)
 
 
-async def fork_run(run_id: str, from_step: int, *, model: str | None = None, instructions: str | None = None) -> dict[str, Any]:
+async def fork_run(run_id: str, from_step: int, *, model: str | None = None, instructions: str | None = None,
+                   redo_effects: bool = False) -> dict[str, Any]:
     """A new run that reuses `run_id`'s recorded outputs before step `from_step` and runs live from
-    there (with another model or instructions, if given). Effects before the fork are not repeated."""
+    there (with another model or instructions, if given). Effects before the fork are not repeated;
+    after it, a call the origin made with the same arguments reuses the origin's outcome unless
+    `redo_effects`, and an effect that needs approval asks for it again (`workflows.forks`)."""
     await get_run(run_id)
     async with db.pool().connection() as conn:
         last = (await (await conn.execute("SELECT max(function_id) FROM dbos.operation_outputs WHERE workflow_uuid = %s",
@@ -114,7 +117,7 @@ async def fork_run(run_id: str, from_step: int, *, model: str | None = None, ins
     if not 1 <= from_step <= last + 1:
         raise RunConflict(f"from_step must be between 1 and {last + 1} for run {run_id}")
     new_id = fork_id(run_id)
-    await record_fork(new_id, run_id, from_step, model, instructions)
+    await record_fork(new_id, run_id, from_step, model, instructions, redo_effects)
     with SetWorkflowID(new_id):
         await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version, queue_name=run_queue.current().name)
     return await get_run(new_id)
