@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, alias="KEEL_MAX_BODY_BYTES", ge=1024)
     """Larger request bodies are refused with 413."""
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
+    metrics_window: float = Field(300.0, alias="KEEL_METRICS_WINDOW", gt=0)
+    """Seconds of recent history `/metrics` covers (besides everything still in flight)."""
 
     auth: Literal["keys", "off"] = Field("keys", alias="KEEL_AUTH")
     """`keys`: every `/v1` request needs an API key. `off`: none does (local development only)."""
