@@ -64,6 +64,21 @@ async def test_a_fork_asked_to_redo_effects_makes_them_again(api: httpx.AsyncCli
     assert await fetch_value(db, "SELECT count(*) FROM keel.tool_calls WHERE run_id = %s AND reused_from IS NULL", fork["run_id"]) == 2
 
 
+async def test_a_failed_fork_undoes_only_its_own_effects_never_the_reused_ones(
+    api: httpx.AsyncClient, model: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str
+) -> None:
+    original = await upgrade(api, customer)
+    await model.post("/faults", json={"kind": "bad_final", "match": customer, "times": 10})  # the fork's final answers are refused
+
+    response = await api.post(f"/v1/runs/{original['run_id']}/fork", json={"from_step": await step_of(db, original["run_id"], "charge_customer")})
+    fork = await wait_for_run(api, response.json()["run_id"])
+
+    assert (fork["status"], fork["reason"]) == ("failed", "invalid_model_output")
+    assert fork["compensations"] == []  # the charge, plan change and email it reused are the origin's, and stand
+    refunds = await fetch_value(db, "SELECT count(*) FROM sandbox.refunds r JOIN sandbox.payments p USING (charge_id) WHERE p.customer_id = %s", customer)
+    assert refunds == 0 and await fetch_value(db, "SELECT plan FROM sandbox.customers WHERE id = %s", customer) == "pro"
+
+
 async def approved_enterprise_upgrade(api: httpx.AsyncClient, db: psycopg.AsyncConnection, customer: str) -> tuple[dict, dict[str, int]]:
     """A run whose $499 charge a person approved, and the step IDs of its approval request, its wait and the charge."""
     run_id = (await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the enterprise plan"})).json()["run_id"]
