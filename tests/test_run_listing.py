@@ -46,19 +46,23 @@ async def test_a_status_filter_narrows_by_index_and_finds_exactly_that_status(ap
               ("probe", 'call refuse with {"reason": "listing"}')]
     ended = [await wait_for_run(api, (await api.post("/v1/runs", json={"agent": a, "input": i})).json()["run_id"]) for a, i in inputs]
     waiting = (await api.post("/v1/runs", json={"agent": "probe", "input": f'call transfer with {{"customer_id": "{customer}", "amount_cents": 5}}'})).json()
-    await wait_for_approval(api, waiting["run_id"])
+    approval = await wait_for_approval(api, waiting["run_id"])
     cancelled = (await api.post("/v1/runs", json={"agent": "probe", "input": f'call transfer with {{"customer_id": "{customer}", "amount_cents": 6}}'})).json()
     await wait_for_approval(api, cancelled["run_id"])
     await api.post(f"/v1/runs/{cancelled['run_id']}/cancel")
 
-    seen = {run["status"] for run in ended} | {"awaiting_approval", "cancelled"}
-    assert {"compensated", "succeeded", "failed"} <= seen
-    for status, candidates in STATUS_CANDIDATES.items():
-        everything = await fetch_value(db, "SELECT count(*) FROM keel.runs WHERE status = %s", status)
-        narrowed = await fetch_value(db, f"SELECT count(*) FROM keel.runs WHERE status = %s AND {candidates}", status)
-        assert narrowed == everything, status  # the narrowing never loses a run of that status
-        listed = (await api.get("/v1/runs", params={"status": status, "limit": 200})).json()["runs"]
-        assert len(listed) == min(everything, 200) and all(run["status"] == status for run in listed)
+    try:
+        seen = {run["status"] for run in ended} | {"awaiting_approval", "cancelled"}
+        assert {"compensated", "succeeded", "failed"} <= seen
+        for status, candidates in STATUS_CANDIDATES.items():
+            everything = await fetch_value(db, "SELECT count(*) FROM keel.runs WHERE status = %s", status)
+            narrowed = await fetch_value(db, f"SELECT count(*) FROM keel.runs WHERE status = %s AND {candidates}", status)
+            assert narrowed == everything, status  # the narrowing never loses a run of that status
+            listed = (await api.get("/v1/runs", params={"status": status, "limit": 200})).json()["runs"]
+            assert len(listed) == min(everything, 200) and all(run["status"] == status for run in listed)
+    finally:  # leave no run waiting on the shared worker (other tests' workers would take it over)
+        await api.post(f"/v1/approvals/{approval['approval_id']}", json={"decision": "reject"})
+        await wait_for_run(api, waiting["run_id"])
 
 
 async def test_one_run_whose_input_cannot_be_rendered_breaks_nobody_s_listing(
