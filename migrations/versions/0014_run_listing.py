@@ -14,16 +14,16 @@
 - Indexes: events by run (the last event of a run), recent retries and model responses, tool calls
   and compensations by time, open compensations: what `/metrics` reads over its window.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 """
 
 import importlib
 
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

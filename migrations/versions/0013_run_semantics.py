@@ -5,16 +5,16 @@
 - `keel.forks.redo_effects`: the caller asked the fork to make its effects again.
 - `keel.tool_calls.reused_from`: a fork's call answered with the origin's outcome (that key's).
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 import importlib
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
