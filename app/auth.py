@@ -2,7 +2,11 @@
 
 `submit` starts runs and acts on its own runs, `approve` decides approvals, `admin` does everything
 (including other keys' runs and key management). Any valid key may read. With `KEEL_AUTH=off`
-(local development only) every request acts as an admin named `anonymous`."""
+(local development only) every request acts as an admin named `anonymous`.
+
+The console's session cookie (`app.sessions`) stands for its key too, but on `/v1` only for reading:
+a page on another port of the same host is same-site, so a SameSite=Strict cookie does not stop its
+requests; every `/v1` write needs the key in `Authorization: Bearer`."""
 
 import hashlib
 import secrets
@@ -15,12 +19,13 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from app import sessions
 from steps import db
 
 Role = Literal["submit", "approve", "admin"]
 ROLES: tuple[Role, ...] = ("submit", "approve", "admin")
 PREFIX = "keel_"
-COOKIE = "keel_key"  # the console's session: the key itself, HttpOnly and SameSite=Strict
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,11 @@ class Principal:
     """None: authentication is off."""
     name: str
     role: Role
+
+    @property
+    def owner(self) -> str:
+        """Whose runs and idempotency keys these are: the key's ID, or the one implicit owner with keys off."""
+        return self.key_id or self.name
 
     def may(self, *roles: Role) -> bool:
         return self.role == "admin" or self.role in roles
@@ -94,22 +104,36 @@ def unauthorized(message: str) -> HTTPException:
 
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer keel_...`")
-console_cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="The console's session (the same API key)")
+console_cookie = APIKeyCookie(name=sessions.COOKIE, auto_error=False, description="The console's session (read-only on `/v1`)")
+BearerKey = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+SessionCookie = Annotated[str | None, Depends(console_cookie)]
 
 
-async def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-                       cookie: Annotated[str | None, Depends(console_cookie)]) -> Principal:
-    """The caller, from `Authorization: Bearer <key>` or the console's cookie."""
+async def identify(request: Request, credentials: HTTPAuthorizationCredentials | None, session_id: str | None, *,
+                   session_writes: bool) -> Principal:
+    """The caller, from `Authorization: Bearer <key>`, else from a console session (which changes
+    nothing unless `session_writes`: the console checks its forms' CSRF tokens, `/v1` has none)."""
     if request.app.state.settings.auth == "off":
         return ANONYMOUS
-    secret = credentials.credentials if credentials else cookie
-    if not secret:
-        raise unauthorized("an API key is required: send `Authorization: Bearer <key>` (create one with `keel keys create`)")
+    if not credentials and session_id and not session_writes and request.method not in SAFE_METHODS:
+        raise unauthorized("the console's session only reads the API: send the key in `Authorization: Bearer <key>` to change anything")
     async with db.pool().connection() as conn:
-        principal = await find_key(conn, secret.strip())
-    if principal is None:
-        raise unauthorized("the API key is not valid or was revoked")
-    return principal
+        if credentials:
+            principal = await find_key(conn, credentials.credentials.strip())
+            if principal is None:
+                raise unauthorized("the API key is not valid or was revoked")
+            return principal
+        if session_id:
+            row = await sessions.find_session(conn, session_id)
+            if row is None:
+                raise unauthorized("the console session ended or expired: log in again")
+            return Principal(*row)
+    raise unauthorized("an API key is required: send `Authorization: Bearer <key>` (create one with `keel keys create`)")
+
+
+async def authenticate(request: Request, credentials: BearerKey, session_id: SessionCookie) -> Principal:
+    """The caller of a `/v1` operation: a bearer key, or a console session for reading only."""
+    return await identify(request, credentials, session_id, session_writes=False)
 
 
 Caller = Annotated[Principal, Depends(authenticate)]

@@ -14,6 +14,7 @@ import psycopg
 
 from app import auth
 from app.config import Settings, get_settings
+from steps import ids
 
 T = TypeVar("T")
 TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
@@ -97,7 +98,15 @@ def keys() -> None:
 @click.option("--name", required=True, help="Who or what uses the key; recorded as the decider of approvals.")
 def create_key_command(role: str, name: str) -> None:
     """Create a key and print it. It is shown this once: Keel stores only its digest."""
-    row, secret = with_database(lambda conn: auth.create_key(conn, name, role))  # type: ignore[arg-type]
+    from pydantic import ValidationError
+
+    from app.routers.keys import KeyCreate
+
+    try:
+        body = KeyCreate(name=name, role=role)  # type: ignore[arg-type]  # the same rules as POST /v1/keys
+    except ValidationError as exc:
+        raise click.BadParameter("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    row, secret = with_database(lambda conn: auth.create_key(conn, body.name, body.role))
     click.echo(f"created {row['key_id']} ({row['role']}) for {row['name']}; the key, shown once:", err=True)
     click.echo(secret)
 
@@ -137,7 +146,7 @@ def with_database(action: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> 
 @main.command()
 @click.argument("agent")
 @click.argument("input")
-@click.option("--key", default=None, help="Idempotency key: becomes the run ID; repeating it returns the same run.")
+@click.option("--key", default=None, help="Idempotency key: repeating it (with the same API key) returns the same run.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
 def run(agent: str, input: str, key: str | None, wait: bool) -> None:
     """Start AGENT on INPUT."""
@@ -180,7 +189,8 @@ def events(run_id: str, as_json: bool) -> None:
     start = datetime.fromisoformat(timeline[0]["at"]) if timeline else None
     for event in timeline:
         offset = (datetime.fromisoformat(event["at"]) - start).total_seconds()
-        where = "" if event["source"] == run_id else f" [{event['source'].removeprefix(run_id + ':')}]"
+        undo = ids.undo_label(run_id, event["source"])
+        where = f" [{undo}]" if undo else ""
         click.echo(f"{offset:8.3f}s  #{event['step_id']:<3} {event['kind']:<22} {event['summary'] or ''}{where}")
 
 
@@ -269,13 +279,14 @@ def compensate(run_id: str) -> None:
 
 
 @main.command()
-@click.option("--status", "status_filter", default="pending", show_default=True, help="pending, approved, rejected, expired or all")
+@click.option("--status", "status_filter", default="pending", show_default=True, help="pending, approved, rejected, expired, cancelled or all")
 def approvals(status_filter: str) -> None:
     """List approval requests (the inbox)."""
     params = {} if status_filter == "all" else {"status": status_filter}
     for item in request("GET", "/v1/approvals", params=params):
         arguments = json.dumps(item["arguments"])
-        click.echo(f"{item['approval_id']}  {item['status']:<8} {item['tool']} {arguments}  expires {item['expires_at'][:19]}")
+        decided = f"  by {decider(item)}" if item["decided_by"] else ""
+        click.echo(f"{item['approval_id']}  {item['status']:<9} {item['tool']} {arguments}  expires {item['expires_at'][:19]}{decided}")
 
 
 @main.command()
@@ -299,7 +310,13 @@ def reject(approval_id: str, comment: str | None, decided_by: str | None) -> Non
 def decide_command(approval_id: str, decision: str, comment: str | None, decided_by: str | None) -> None:
     body = {"decision": decision, "comment": comment, "decided_by": decided_by}
     item = request("POST", f"/v1/approvals/{approval_id}", json=body)
-    click.echo(f"{item['approval_id']}: {item['status']} by {item['decided_by']}")
+    click.echo(f"{item['approval_id']}: {item['status']} by {decider(item)}")
+
+
+def decider(approval: dict[str, Any]) -> str:
+    """A decider's name with the key it used (names are not unique)."""
+    key = approval.get("decided_by_key_id")
+    return f"{approval['decided_by']} ({key})" if key else str(approval["decided_by"])
 
 
 def finish(run_id: str) -> None:

@@ -1,5 +1,6 @@
 """Keel's settings, read once from the environment (and `.env`) at start-up."""
 
+import ipaddress
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -9,6 +10,15 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFLINE_MODEL = "scripted"
+
+
+def is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -44,6 +54,8 @@ class Settings(BaseSettings):
 
     auth: Literal["keys", "off"] = Field("keys", alias="KEEL_AUTH")
     """`keys`: every `/v1` request needs an API key. `off`: none does (local development only)."""
+    session_ttl: float = Field(8 * 3600, alias="KEEL_SESSION_TTL", gt=0)
+    """Seconds a console login lasts (it also ends at logout, or when its key is revoked)."""
     api_key: SecretStr | None = Field(None, alias="KEEL_API_KEY")
     """The key the CLI sends; absent: the local key `keel serve` wrote under `data_dir`."""
     queue: str = Field("keel_runs", alias="KEEL_QUEUE", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -66,6 +78,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, alias="KEEL_PORT", ge=1, le=65535)
     sandbox_url: str | None = Field(None, alias="KEEL_SANDBOX_URL")
     """Where the demo's sandbox services live; absent: this service's own `/sandbox`."""
+    demo_services_setting: bool | None = Field(None, alias="KEEL_DEMO_SERVICES")
+    """`on`/`off`; unset: on only for the zero-config local run (see `demo_services`)."""
     agent_modules: str = Field("app.demo.billing", alias="KEEL_AGENT_MODULES")
     """Comma-separated modules imported at start-up; each defines `Agent`s."""
     failpoints: str = Field("", alias="KEEL_FAILPOINTS")
@@ -75,6 +89,14 @@ class Settings(BaseSettings):
     def offline(self) -> bool:
         """No model endpoint configured: use the scripted model this service mounts."""
         return self.openai_api_key is None and self.openai_base_url is None
+
+    @property
+    def demo_services(self) -> bool:
+        """Mount `/sandbox` and (offline) `/scripted`: as set, else only for the zero-config local run
+        (embedded database, no model configured, a loopback bind)."""
+        if self.demo_services_setting is not None:
+            return self.demo_services_setting
+        return self.offline and self.database_url is None and is_loopback(self.host)
 
     @property
     def local_key_path(self) -> Path:

@@ -19,8 +19,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app import console, sandbox, scripted_model
+from app import console, demo_services, sandbox
 from app.auth import ensure_local_key
+from app.body_limit import BodyLimit
 from app.config import Settings, get_settings
 from app.database import database_url, migrate, migration_head, psycopg_conninfo, redact
 from app.demo import billing
@@ -57,6 +58,8 @@ def dbos_config(settings: Settings, url: str) -> DBOSConfig:
 @asynccontextmanager
 async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    if refusal := demo_services.refusal_to_start(settings):
+        raise UserError(refusal)
     url = await asyncio.to_thread(database_url, settings)
     await asyncio.to_thread(migrate, url)
     pool = AsyncConnectionPool(psycopg_conninfo(url), min_size=1, max_size=settings.db_pool_size, kwargs={"autocommit": True}, open=False)
@@ -65,7 +68,8 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     await sandbox_pool.open()
     db.configure(pool)
     sandbox.configure(sandbox_pool)
-    model = AsyncOpenAI(base_url=settings.model_base_url, api_key=settings.model_api_key, max_retries=0, timeout=settings.model_timeout)
+    model = AsyncOpenAI(base_url=settings.model_base_url, api_key=app.state.offline_model_token or settings.model_api_key, max_retries=0,
+                        timeout=settings.model_timeout)
     llm.configure(model, default_model=settings.model_name, prices=settings.model_prices, stream_tokens=settings.stream_tokens,
                   timeout=settings.model_timeout)
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
@@ -128,19 +132,20 @@ def announce(settings: Settings, url: str, key: str | None) -> None:
         access, header = f"admin API key (also in {settings.local_key_path}, where the CLI finds it): {key}", f" -H 'Authorization: Bearer {key}'"
     else:
         access, header = "API keys: required; create one with `keel keys create --role admin --name you`", " -H \"Authorization: Bearer $KEEL_API_KEY\""
+    demo = "on (/sandbox, /scripted; loopback only)" if settings.demo_services else "off"
     log.warning(
-        "Keel is running at %s (executor %s, version %s)\n  database: %s\n  model: %s\n  %s\n  console: %s/console\n  try it:\n"
+        "Keel is running at %s (executor %s, version %s)\n  database: %s\n  model: %s\n  demo services: %s\n  %s\n  console: %s/console\n  try it:\n"
         "    curl -s -X POST %s/v1/runs%s -H 'Content-Type: application/json' -d '{\"agent\": \"billing\", \"input\": \"%s\"}'\n"
         "    curl -s %s/v1/runs%s",
-        settings.base_url, settings.executor_id, settings.app_version, redact(url), model, access, settings.base_url,
+        settings.base_url, settings.executor_id, settings.app_version, redact(url), model, demo, access, settings.base_url,
         settings.base_url, header, DEMO_INPUT, settings.base_url, header,
     )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="Keel", version="0.1.0", lifespan=keel_lifespan,
-                  description="Durable execution for AI agents, native to PostgreSQL.")
-    app.state.settings = settings or get_settings()
+    settings = settings or get_settings()
+    app = FastAPI(title="Keel", version="0.1.0", lifespan=keel_lifespan, description="Durable execution for AI agents, native to PostgreSQL.")
+    app.state.settings = settings
     app.state.migration_head = migration_head()
     for module in filter(None, (m.strip() for m in app.state.settings.agent_modules.split(","))):
         importlib.import_module(module)  # before the OpenAPI document (it lists the agents) and before DBOS launches
@@ -151,9 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(metrics.router)
     app.include_router(console.router)
-    app.include_router(sandbox.router, prefix="/sandbox")
-    if app.state.settings.offline:
-        app.mount("/scripted", scripted_model.create_app())
+    app.state.offline_model_token = demo_services.mount(app, settings)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -171,14 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 status_code=503)
         return JSONResponse({"status": "ready", "migration": applied})
 
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > app.state.settings.max_body_bytes:
-            return JSONResponse({"error": {"code": "too_large", "message": f"the body exceeds {app.state.settings.max_body_bytes} bytes",
-                                           "details": None}}, status_code=413)
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # counts a body's bytes as they are read, chunked ones too
     add_error_handlers(app)
     return app
 

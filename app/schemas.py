@@ -6,11 +6,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
-from workflows.runs import RUN_ID
+from steps.approvals import ApprovalStatus
+from steps.ids import READABLE_RUN_ID
 
 NO_NUL = r"^[^\x00]*$"
 """PostgreSQL text cannot hold NUL characters: refused at the door (422), not at the database (500)."""
-RUN_ID_PATTERN = RUN_ID.pattern
+RUN_ID_PATTERN = READABLE_RUN_ID.pattern
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
+"""Printable ASCII without spaces, as payment APIs take it; Keel maps it to a run ID of its own."""
 APPROVAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 
 
@@ -87,11 +90,12 @@ class ApprovalView(BaseModel):
     run_id: str
     tool: str
     arguments: dict[str, Any]
-    status: Literal["pending", "approved", "rejected", "expired"]
+    status: ApprovalStatus
     requested_at: datetime
     expires_at: datetime
     escalations: int
-    decided_by: str | None
+    decided_by: str | None = Field(description="The decider's name: the API key's, or `<person> via <key name>`")
+    decided_by_key_id: str | None = Field(description="The API key that decided (names are not unique); null with keys off")
     decided_at: datetime | None
     comment: str | None
 

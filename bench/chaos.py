@@ -65,9 +65,11 @@ class Chaos:
                 continue
         return None
 
-    async def submit(self, key: str, text: str) -> None:
-        while (await self.request("POST", "/v1/runs", json={"agent": "billing", "input": text}, headers={"Idempotency-Key": key})) is None:
+    async def submit(self, key: str, text: str) -> str:
+        """The run's ID (Keel's, for this idempotency key)."""
+        while (response := await self.request("POST", "/v1/runs", json={"agent": "billing", "input": text}, headers={"Idempotency-Key": key})) is None:
             await asyncio.sleep(0.2)  # the same key again: at most one run, whichever worker takes it
+        return response.json()["run_id"]
 
     async def approver(self, stop_at: float) -> None:
         while time.monotonic() < stop_at:
@@ -128,7 +130,8 @@ async def run(params: Params) -> int:
         conn.execute("INSERT INTO sandbox.faults (service, kind, remaining) VALUES ('payments', 'drop_response', %s)", (params.lost_responses,))
     model, model_url = start_scripted_model(data_dir / "model.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OPENAI_"))}
-    env.update({"DATABASE_URL": chaos.url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "chaos", "KEEL_AUTH": "off", "PYTHONPATH": str(ROOT)})
+    env.update({"DATABASE_URL": chaos.url, "OPENAI_BASE_URL": f"{model_url}/v1", "OPENAI_API_KEY": "chaos", "KEEL_AUTH": "off",
+                "KEEL_DEMO_SERVICES": "on", "PYTHONPATH": str(ROOT)})
     chaos.workers = [Worker(env={**env, "KEEL_EXECUTOR_ID": f"chaos-{i}"}, log=data_dir / f"worker-{i}.log").start()
                      for i in range(params.workers)]
     started = time.monotonic()
@@ -136,15 +139,14 @@ async def run(params: Params) -> int:
         async with httpx.AsyncClient(base_url=model_url) as admin:
             await admin.post("/faults", json={"kind": "status", "status": 503, "retry_after": 0,
                                               "probability": params.model_failure_rate, "times": 10**9})
-        keys = [f"chaos-{params.seed}-{i}" for i in range(params.runs)]
         monkey = asyncio.create_task(chaos.monkey(window=max(5.0, params.runs / 4)))
         approver = asyncio.create_task(chaos.approver(started + params.deadline))
-        for key, (customer, plan, _) in zip(keys, mix, strict=True):
-            await chaos.submit(key, f"Upgrade customer {customer} to the {plan} plan")
+        run_ids = [await chaos.submit(f"chaos-{params.seed}-{i}", f"Upgrade customer {customer} to the {plan} plan")
+                   for i, (customer, plan, _) in enumerate(mix)]
         await monkey
-        pending = await wait_until_terminal(chaos, keys, started + params.deadline)
+        pending = await wait_until_terminal(chaos, run_ids, started + params.deadline)
         approver.cancel()
-        report = check(chaos.url, keys, mix)
+        report = check(chaos.url, run_ids, mix)
     finally:
         for worker in chaos.workers:
             worker.stop()

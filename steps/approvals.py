@@ -4,19 +4,22 @@ The table is the truth about a decision; the DBOS message a decision sends only 
 run, which then settles the request from the table. So a decision is never lost, even if the
 process that recorded it died before the message went out."""
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from dbos import DBOS
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from steps import db, events
+from steps import db, events, ids
 from steps.errors import UserError
 from steps.fork_reuse import reusable
 from steps.retry import OUTAGE_RETRIES
 
 COLUMNS = """approval_id, run_id, tool, arguments, status, requested_at, expires_at, escalations,
-             decided_by, decided_at, comment"""
+             decided_by, decided_by_key_id, decided_at, comment"""
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
+"""Every status a request can have (the table's CHECK constraint says the same; a test holds them together)."""
+APPROVAL_STATUSES: tuple[str, ...] = get_args(ApprovalStatus)
 DECISIONS = {"approve": "approved", "reject": "rejected"}
 
 
@@ -26,14 +29,6 @@ class ApprovalNotFound(UserError):
 
 class ApprovalConflict(UserError):
     """A decision that contradicts the recorded one, or comes after expiry."""
-
-
-APPROVAL_MARK = ":approval:"
-
-
-def approval_run(approval_id: str) -> str:
-    """The run whose request `approval_id` is (`<run>:approval:<step>`); a fork may hold its origin's."""
-    return approval_id.rpartition(APPROVAL_MARK)[0]
 
 
 @DBOS.step(name="keel.approval_request", **OUTAGE_RETRIES)
@@ -48,7 +43,7 @@ async def request_approval_step(tool: str, arguments: dict[str, Any], tool_call_
     if origin is not None and (reused := await reusable(origin, run_id, tool, arguments)):
         await events.record(run_id, step_id, "approval_decided", {"approval_id": None, "status": "not_needed", "reused_from": reused})
         return {"approval_id": None}
-    approval_id = f"{run_id}{APPROVAL_MARK}{step_id}"
+    approval_id = ids.approval_id(run_id, step_id)
     async with db.pool().connection() as conn, conn.transaction():
         await conn.execute(
             """INSERT INTO keel.approvals (approval_id, run_id, step_id, tool, tool_call_id, arguments, status, expires_at)
@@ -77,21 +72,24 @@ async def settle_approval_step(approval_id: str, *, escalate: bool, timeout: flo
                 (approval_id,))
         row = await (await cursor.execute(f"SELECT {COLUMNS} FROM keel.approvals WHERE approval_id = %s", (approval_id,))).fetchone()
         assert row is not None
-        outcome = {"approval_id": approval_id, "status": row["status"], "decided_by": row["decided_by"], "comment": row["comment"]}
+        outcome = {"approval_id": approval_id, "status": row["status"], "decided_by": row["decided_by"],
+                   "decided_by_key_id": row["decided_by_key_id"], "comment": row["comment"]}
         kind = "approval_escalated" if row["status"] == "pending" else "approval_decided"
         await events.record(run_id, step_id, kind, outcome, conn=conn)
     return outcome
 
 
-async def record_decision(approval_id: str, decision: str, decided_by: str, comment: str | None) -> dict[str, Any]:
-    """Decide a pending request. Repeating the recorded decision is a no-op; contradicting it is refused."""
+async def record_decision(approval_id: str, decision: str, decided_by: str, decided_by_key_id: str | None,
+                          comment: str | None) -> dict[str, Any]:
+    """Decide a pending request, recording who (a name, and the API key's ID: names are not unique).
+    Repeating the recorded decision is a no-op; contradicting it is refused."""
     status = DECISIONS[decision]
     async with db.pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         row = await (await cursor.execute(
-            f"""UPDATE keel.approvals SET status = %s, decided_by = %s, comment = %s, decided_at = now()
+            f"""UPDATE keel.approvals SET status = %s, decided_by = %s, decided_by_key_id = %s, comment = %s, decided_at = now()
                 WHERE approval_id = %s AND status = 'pending' RETURNING {COLUMNS}""",
-            (status, decided_by, comment, approval_id))).fetchone()
+            (status, decided_by, decided_by_key_id, comment, approval_id))).fetchone()
         if row is not None:
             return row
         row = await get_approval(approval_id)

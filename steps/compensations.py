@@ -6,7 +6,7 @@ from dbos import DBOS
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from steps import db, events, failpoints
+from steps import db, events, failpoints, ids
 from steps.retry import OUTAGE_RETRIES
 
 EFFECTS = """
@@ -30,7 +30,7 @@ async def plan_compensations_step(run_id: str, compensable: list[str], irreversi
         for row in (r for r in rows if r["tool"] in compensable or r["tool"] in irreversible):
             n = len(plan) + 1
             status = "pending" if row["tool"] in compensable else "irreversible"
-            entry = {**row, "n": n, "status": status, "workflow_id": f"{run_id}:compensate:{n}" if status == "pending" else None}
+            entry = {**row, "n": n, "status": status, "workflow_id": ids.compensation_id(run_id, n) if status == "pending" else None}
             await conn.execute(
                 """INSERT INTO keel.compensations (run_id, n, tool, idempotency_key, workflow_id, status)
                    VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, n) DO NOTHING""",

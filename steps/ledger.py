@@ -17,7 +17,7 @@ from typing import Any
 from dbos import DBOS
 from psycopg.types.json import Jsonb
 
-from steps import breaker, db, events, failpoints
+from steps import breaker, db, events, failpoints, ids
 from steps.fork_reuse import fork_reply
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, retrying
 from steps.tools import Tool, ToolContext
@@ -68,7 +68,7 @@ async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: st
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
     continued = key is not None
-    key = key or tool.business_key(arguments) or f"{run_id}:{step_id}"
+    key = key or tool.business_key(arguments) or ids.ledger_key(run_id, step_id)
     if not continued and (origin or origin_approved) and (reply := await fork_reply(
             origin=origin, origin_approved=origin_approved, run_id=run_id, step_id=step_id, key=key, tool=tool,
             tool_call_id=tool_call_id, arguments=arguments)):

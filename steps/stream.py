@@ -16,7 +16,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from steps import db
+from steps import db, ids
 
 OTHER_WORKFLOW = 2**31 - 1
 """`function_id` of rows written by a run's undo calls: above any step, so a fork never copies them."""
@@ -41,13 +41,8 @@ VALUES (%(feed)s, 'keel', %(value)s, {NEXT_OFFSET}, %(function_id)s, 'portable_j
 """
 
 
-def feed_of(run_id: str) -> str:
-    """An undo call (`<run>:compensate:<n>`) reports into its run's feed."""
-    return run_id.split(":compensate:")[0]
-
-
 async def record_event(conn: AsyncConnection, run_id: str, step_id: int, kind: str, attempt: int, payload: dict[str, Any]) -> None:
-    feed = feed_of(run_id)
+    feed = ids.run_of(run_id)  # an undo call (`<run>:compensate:<n>`) reports into its run's feed
     await _insert(conn, RECORD_EVENT, {"run_id": run_id, "step_id": step_id, "kind": kind, "attempt": attempt, "payload": Jsonb(payload),
                                        "feed": feed, "function_id": step_id if feed == run_id else OTHER_WORKFLOW})
 
@@ -55,7 +50,7 @@ async def record_event(conn: AsyncConnection, run_id: str, step_id: int, kind: s
 async def publish_tokens(run_id: str, step_id: int, attempt: int, text: str) -> None:
     value = json.dumps({"token": text, "step_id": step_id, "attempt": attempt}, separators=(",", ":"), ensure_ascii=False)
     async with db.pool().connection() as conn:
-        await _insert(conn, PUBLISH_TOKENS, {"feed": feed_of(run_id), "value": value, "function_id": step_id})
+        await _insert(conn, PUBLISH_TOKENS, {"feed": ids.run_of(run_id), "value": value, "function_id": step_id})
 
 
 async def _insert(conn: AsyncConnection, statement: str, params: dict[str, Any]) -> None:

@@ -90,6 +90,7 @@ def worker_env(database_url: str, model_url: str, api_keys: dict[str, str]) -> d
         "OPENAI_BASE_URL": f"{model_url}/v1",
         "OPENAI_API_KEY": "test-key",
         "KEEL_AGENT_MODULES": AGENT_MODULES,
+        "KEEL_DEMO_SERVICES": "on",  # the billing demo's tools call this worker's /sandbox; a configured model turns it off by default
         "PYTHONPATH": str(ROOT),
         "KEEL_API_KEY": api_keys["admin"],  # what the CLI and `Worker.client()` send
     }

@@ -64,9 +64,9 @@ def test_keel_migrate_is_repeatable(worker_env: dict[str, str]) -> None:
 
 def test_dbos_cli_lists_keel_runs(service: Worker, worker_env: dict[str, str]) -> None:
     env = {**worker_env, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    httpx.post(f"{service.url}/v1/runs", json={"agent": "probe", "input": "say listed"}, headers={**service.headers, "Idempotency-Key": "dbos-cli-listed"})
+    run_id = httpx.post(f"{service.url}/v1/runs", json={"agent": "probe", "input": "say listed"}, headers=service.headers).json()["run_id"]
 
-    listing = cli([str(BIN / "dbos"), "workflow", "get", "dbos-cli-listed"], env)
+    listing = cli([str(BIN / "dbos"), "workflow", "get", run_id], env)
 
     assert listing.returncode == 0, listing.stderr
     assert '"name": "keel.agent_run"' in listing.stdout

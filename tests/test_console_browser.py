@@ -6,8 +6,10 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -133,7 +135,10 @@ async def test_the_run_page_drops_the_streamed_output_of_a_failed_attempt(
     text = f"a reply that streams in pieces {uuid.uuid4().hex}"
     await model.post("/faults", json={"kind": "cut_stream", "match": text})  # the first attempt breaks off halfway
     run_id = (await api.post("/v1/runs", json={"agent": "probe", "input": f"say {text}"})).json()["run_id"]
-    await browser.add_cookies([{"name": "keel_key", "value": api_keys["approve"], "url": service.url}])
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as login:  # a session of the approve key, as the login form makes it
+        await login.post("/console/login", data={"key": api_keys["approve"], "next": "/console"})
+        session = login.cookies["keel_session"]
+    await browser.add_cookies([{"name": "keel_session", "value": session, "url": service.url}])
     await browser.add_init_script(RECORD_TOKENS)
     page = browser.pages[0] if browser.pages else await browser.new_page()
 
@@ -159,14 +164,16 @@ async def test_the_console_sends_strangers_to_the_login_form_and_refuses_a_submi
         posting = await browser.post("/console/approvals/anything", data={"decision": "approve"})
         wrong = await browser.post("/console/login", data={"key": "keel_not-a-key", "next": "/console"})
         login = await browser.post("/console/login", data={"key": api_keys["submit"], "next": "https://evil.example/"})
-        started = await browser.post("/console/runs", data={"agent": "billing", "input": f"Upgrade customer {customer} to the enterprise plan"})
+        csrf = re.search(r'name="csrf" value="([^"]+)"', (await browser.get("/console")).text).group(1)
+        started = await browser.post("/console/runs", data={"agent": "billing", "input": f"Upgrade customer {customer} to the enterprise plan",
+                                                            "csrf": csrf})
         run_id = started.headers["location"].rsplit("/", 1)[1]
         waiting = await wait_for_approval(api, run_id)
         run_page = await browser.get(f"/console/runs/{run_id}")
         inbox = await browser.get("/console/approvals")
-        approving = await browser.post(f"/console/approvals/{waiting['approval_id']}", data={"decision": "approve"})
+        approving = await browser.post(f"/console/approvals/{waiting['approval_id']}", data={"decision": "approve", "csrf": csrf})
         still = (await api.get(f"/v1/approvals/{waiting['approval_id']}")).json()
-        logout = await browser.get("/console/logout")
+        logout = await browser.post("/console/logout", data={"csrf": csrf})
         after = await browser.get("/console")
     await api.post(f"/v1/runs/{run_id}/cancel")
 
@@ -175,14 +182,15 @@ async def test_the_console_sends_strangers_to_the_login_form_and_refuses_a_submi
     assert wrong.status_code == 401 and "not valid" in wrong.text
     assert login.status_code == 303 and login.headers["location"] == "/console"  # never off-site
     cookie = login.headers["set-cookie"]
-    assert cookie.startswith(f"keel_key={api_keys['submit']};") and "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert cookie.startswith("keel_session=") and api_keys["submit"] not in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     assert started.status_code == 303 and started.headers["location"] == f"/console/runs/{run_id}"
     assert run_page.status_code == 200 and "awaiting_approval" in run_page.text
     assert "Deciding needs a key with role approve." in run_page.text and ">Approve</button>" not in run_page.text
     assert inbox.status_code == 403 and "This needs a key with role approve" in inbox.text and "Traceback" not in inbox.text
     assert approving.status_code == 403 and "<h1>Not allowed</h1>" in approving.text
     assert still["status"] == "pending"
-    assert logout.status_code == 303 and 'keel_key=""' in logout.headers["set-cookie"]
+    assert logout.status_code == 303 and 'keel_session=""' in logout.headers["set-cookie"]
     assert after.status_code == 303 and after.headers["location"].startswith("/console/login")
 
 
@@ -196,3 +204,68 @@ async def test_with_keys_off_the_console_needs_no_login(start_worker) -> None:
     assert runs.status_code == 200 and "Start a run" in runs.text and "Log out" not in runs.text
     assert login.status_code == 303 and login.headers["location"] == "/console/approvals"
     assert inbox.status_code == 200
+
+
+@pytest.fixture
+def other_site() -> Iterator[Callable[[str, str], str]]:
+    """A web server on another port of the same host (same-site, not same-origin): where an attacker's
+    page would be. `publish(path, html)` serves a page and returns its URL."""
+    pages: dict[str, bytes] = {}
+
+    class Pages(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            body = pages.get(self.path, b"")
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def publish(path: str, html: str) -> str:
+        pages[path] = html.encode()
+        return f"http://127.0.0.1:{server.server_port}{path}"
+
+    yield publish
+    server.shutdown()
+    server.server_close()
+
+
+def forged_form(action: str, fields: dict[str, str]) -> str:
+    inputs = "".join(f'<input type="hidden" name="{name}" value="{value}">' for name, value in fields.items())
+    return f'<!doctype html><form id="f" method="post" action="{action}">{inputs}</form><script>document.getElementById("f").submit()</script>'
+
+
+async def test_a_page_on_another_port_cannot_act_in_a_logged_in_console(
+    browser, service: Worker, api: httpx.AsyncClient, api_keys: dict[str, str], db: psycopg.AsyncConnection, customer: str, other_site
+) -> None:
+    """Issue 13 item 7: a page served from another port started a run and approved a $499 charge in a
+    logged-in admin's browser (SameSite=Strict does not cover another port of the same host)."""
+    from playwright.async_api import expect
+
+    run_id = (await api.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the enterprise plan"})).json()["run_id"]
+    waiting = await wait_for_approval(api, run_id)
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(f"{service.url}/console/login")
+    await page.get_by_label("API key").fill(api_keys["admin"])
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+    forged_input = f"say forged {uuid.uuid4().hex}"
+
+    await page.goto(other_site("/start", forged_form(f"{service.url}/console/runs", {"agent": "probe", "input": forged_input})))
+    await page.wait_for_url(f"{service.url}/console/**")
+    started = await page.content()
+    await page.goto(other_site("/approve", forged_form(f"{service.url}/console/approvals/{waiting['approval_id']}", {"decision": "approve"})))
+    await page.wait_for_url(f"{service.url}/console/**")
+    approved = await page.content()
+    approval = (await api.get(f"/v1/approvals/{waiting['approval_id']}")).json()
+    await api.post(f"/v1/runs/{run_id}/cancel")
+
+    assert await fetch_value(db, "SELECT count(*) FROM keel.runs WHERE input = %s", forged_input) == 0
+    assert approval["status"] == "pending"
+    assert "another origin" in started and "another origin" in approved

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Protocol
 
 from dbos import DBOS
 
-from steps.approvals import approval_run
+from steps import ids
 from steps.errors import RunFailed
 from steps.events import record_step
 from steps.fork_reuse import NEEDS_APPROVAL
@@ -66,7 +66,7 @@ class DurableOperations:
 
     async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]:
         # A fork that forked after an approval holds its origin's decision: good for reusing the origin's outcome, not for an effect.
-        origin_approved = bool(decision and decision["approval_id"] and approval_run(decision["approval_id"]) != self.run_id)
+        origin_approved = bool(decision and decision["approval_id"] and ids.approval_run(decision["approval_id"]) != self.run_id)
         return await call_parking(
             lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first,
                                                    origin=self.reuses_from, origin_approved=origin_approved),

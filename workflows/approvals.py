@@ -9,6 +9,7 @@ from typing import Any
 
 from dbos import DBOS
 
+from steps import ids
 from steps.approvals import get_approval, list_approvals, record_decision, request_approval_step, settle_approval_step, undelivered_decisions
 from steps.tools import Tool
 
@@ -35,9 +36,10 @@ async def await_approval(tool: Tool, arguments: dict[str, Any], tool_call_id: st
         escalations_left -= 1
 
 
-async def decide(approval_id: str, decision: str, *, decided_by: str, comment: str | None = None) -> dict[str, Any]:
+async def decide(approval_id: str, decision: str, *, decided_by: str, decided_by_key_id: str | None = None,
+                 comment: str | None = None) -> dict[str, Any]:
     """Record a decision and wake the run. Idempotent: the same decision again changes nothing."""
-    approval = await record_decision(approval_id, decision, decided_by, comment)
+    approval = await record_decision(approval_id, decision, decided_by, decided_by_key_id, comment)
     await wake(approval["run_id"], approval_id, approval["status"])
     return approval
 
@@ -53,4 +55,4 @@ async def redeliver_decisions(grace: float) -> int:
 
 async def wake(run_id: str, approval_id: str, status: str) -> None:
     # One key per approval: a repeated or redelivered decision is one message.
-    await DBOS.send_async(run_id, status, topic=approval_id, idempotency_key=f"decision:{approval_id}")
+    await DBOS.send_async(run_id, status, topic=approval_id, idempotency_key=ids.decision_message_key(approval_id))

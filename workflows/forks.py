@@ -7,13 +7,12 @@ A fork reuses its origin's recorded outcome for a call it repeats with the same 
 for approval again before any effect of its own (`steps.fork_reuse`); with `redo_effects` it makes
 every effect again, live, under keys of its own."""
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from steps import db
+from steps import db, ids
 from steps.retry import is_outage
 
 
@@ -41,19 +40,11 @@ async def record_fork(run_id: str, forked_from: str, from_step: int, model: str 
             (run_id, forked_from, from_step, model, instructions, redo_effects))
 
 
-FORK_MARK = "-fork-"
-"""In every fork's run ID (`<origin>-fork-<8 hex>`): a run without it has no overrides to read."""
-
-
-def fork_id(origin: str) -> str:
-    return f"{origin[:100]}{FORK_MARK}{uuid.uuid4().hex[:8]}"
-
-
 @retry(retry=retry_if_exception(is_outage), wait=wait_exponential(max=30), stop=stop_after_delay(1800), reraise=True)
 async def read_fork(run_id: str) -> Fork | None:
     """What the fork `run_id` changes; None for a run that is no fork."""
-    if FORK_MARK not in run_id:
-        return None  # the common case costs no query
+    if not ids.is_fork(run_id):
+        return None  # the common case costs no query: a fork's ID says it is one
     async with db.pool().connection() as conn:
         row = await (await conn.execute(
             "SELECT forked_from, model, instructions, redo_effects FROM keel.forks WHERE run_id = %s", (run_id,))).fetchone()

@@ -1,8 +1,6 @@
 """Starting runs and reading their state (`keel.runs`, a view over DBOS's tables and Keel's events)."""
 
 import asyncio
-import re
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -10,7 +8,7 @@ from typing import Any
 from dbos import DBOS, SetWorkflowID
 from psycopg.rows import dict_row
 
-from steps import db, stream
+from steps import db, ids, stream
 from steps.approvals import get_approval
 from steps.compensations import list_compensations
 from steps.errors import UserError
@@ -18,10 +16,9 @@ from workflows import run_queue
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
 from workflows.cancels import finish_cancel
-from workflows.forks import fork_id, record_fork
+from workflows.forks import record_fork
 from workflows.saga import retry_compensations
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 COLUMNS = """run_id, agent, input, status, reason, output, error, turns, tokens, cost_usd, waiting_for, forked_from,
              created_at, updated_at, pending_approval_id"""
 
@@ -47,7 +44,7 @@ ENDED = ("succeeded", "failed", "compensated", "compensation_failed", "cancelled
 
 
 class IdempotencyConflict(UserError):
-    """The run ID (a client's idempotency key) is taken by a run with a different request."""
+    """The idempotency key was used (by the same API key) for a run with a different request."""
 
 
 class RunConflict(UserError):
@@ -64,18 +61,19 @@ class QueueFull(UserError):
     retry_after = 5
 
 
-async def start_run(agent: str, input: str, run_id: str | None = None) -> dict[str, Any]:
-    """Start `agent` on `input` as run `run_id` (new ID if None); starting the same ID again is a no-op."""
+async def start_run(agent: str, input: str, *, owner: str, idempotency_key: str | None = None) -> dict[str, Any]:
+    """Start `agent` on `input` for `owner` (an API key's ID). Keel names the run: with an
+    `idempotency_key`, the same owner and key name the same run, so a repeated request returns it."""
     get_agent(agent)
-    run_id = run_id or uuid.uuid4().hex
-    if not RUN_ID.match(run_id):
-        raise UserError(f"run ID must match {RUN_ID.pattern}")
+    if "\x00" in input:  # PostgreSQL's jsonb cannot hold it: a stored input with one would break every read of keel.runs
+        raise UserError("the input cannot contain NUL characters")
+    run_id = ids.keyed_run_id(owner, idempotency_key) if idempotency_key is not None else ids.new_run_id()
     await refuse_when_full(run_id)
     with SetWorkflowID(run_id):  # an existing run ID returns that run, which is then compared
         await DBOS.enqueue_workflow_async(run_queue.current().name, agent_run, {"agent": agent, "input": input})
     run = await run_row(run_id)
     if (run["agent"], run["input"]) != (agent, input):
-        raise IdempotencyConflict(f"run {run_id} already exists with a different agent or input")
+        raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was used for run {run_id}, with a different agent or input")
     return run
 
 
@@ -132,7 +130,7 @@ async def fork_run(run_id: str, from_step: int, *, model: str | None = None, ins
                                           (run_id,))).fetchone())[0] or 0
     if not 1 <= from_step <= last + 1:
         raise RunConflict(f"from_step must be between 1 and {last + 1} for run {run_id}")
-    new_id = fork_id(run_id)
+    new_id = ids.fork_id(run_id)
     await record_fork(new_id, run_id, from_step, model, instructions, redo_effects)
     with SetWorkflowID(new_id):
         await DBOS.fork_workflow_async(run_id, from_step, application_version=DBOS.application_version, queue_name=run_queue.current().name)

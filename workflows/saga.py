@@ -9,6 +9,7 @@ from typing import Any
 
 from dbos import DBOS, SetWorkflowID
 
+from steps import ids
 from steps.compensations import mark_compensation_step, plan_compensations_step
 from steps.ledger import tool_call_step
 from workflows.agent import Agent, get_agent
@@ -17,17 +18,13 @@ RETRY_TOPIC = "retry"
 RETRY_WAIT_SECONDS = 7 * 24 * 3600.0  # past this, a failed compensation tries again by itself
 
 
-def rollback_id(run_id: str) -> str:
-    return f"{run_id}:rollback"
-
-
 def needs_rollback(agent: Agent, tools_used: list[str]) -> bool:
     return any(agent.tools[name].compensation or agent.tools[name].irreversible for name in tools_used)
 
 
 async def start_rollback(run_id: str, agent: str, reason: str) -> Any:
     """Start the rollback of `run_id` (once: a second start returns the first)."""
-    with SetWorkflowID(rollback_id(run_id)):
+    with SetWorkflowID(ids.rollback_id(run_id)):
         return await DBOS.start_workflow_async(rollback, {"run_id": run_id, "agent": agent, "reason": reason})
 
 

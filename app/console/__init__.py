@@ -1,18 +1,20 @@
 """The web console: server-rendered pages over the same functions as the JSON API.
 
-Pages authenticate with the API keys: `/console/login` stores the pasted key in the `keel_key`
-cookie (HttpOnly, SameSite=Strict), which `app.auth.authenticate` accepts like a bearer token. The
-console's form POSTs (start a run, approve, reject, log in) carry no CSRF token: a SameSite=Strict
-cookie is not sent on requests started by another site, so a cross-site form POST arrives without a
-key and is refused. Everything is escaped by Jinja's autoescape; the only JavaScript is the live
-timeline (`static/timeline.js`), and every page works without it."""
+Pages authenticate with a server-side session (`app.sessions`): `/console/login` takes an API key and
+sets the `keel_session` cookie (a random ID, HttpOnly, SameSite=Strict), which ends at logout, at its
+expiry (`KEEL_SESSION_TTL`) or when its key is revoked. Every form POST must come from the console's
+own origin and carry the session's CSRF token (`app.console.forms`), and its fields go through the
+API's request models, so the console refuses what the API refuses. Everything is escaped by Jinja's
+autoescape; the only JavaScript is the live timeline (`static/timeline.js`), and every page works
+without it."""
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import jinja2
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -20,10 +22,14 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
-from app.auth import COOKIE, Principal, authenticate, find_key, record_submitter
+from app import sessions
+from app.auth import BearerKey, Principal, SessionCookie, find_key, identify, record_submitter
+from app.console.forms import PostedForm, csrf_of, read_form, refuse_foreign_origin, validated
 from app.routers.approvals import decider
 from app.routers.runs import decode_cursor, encode_cursor
-from steps import db
+from app.schemas import APPROVAL_ID_PATTERN, ApprovalDecision, RunCreate
+from steps import db, ids
+from steps.ids import READABLE_RUN_ID
 from workflows import (
     ApprovalConflict,
     ApprovalNotFound,
@@ -44,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 STATIC = {"console.css": "text/css", "timeline.js": "text/javascript"}
 STATUSES = ["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "cancelled"]
 PAGE_SIZE = 25
+MAX_KEY_CHARS = 200
 
 templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                                    undefined=jinja2.StrictUndefined))
@@ -91,27 +98,26 @@ class ConsoleRoute(APIRoute):
 
 
 def problem(request: Request, status: int, title: str, message: str) -> HTMLResponse:
-    return templates.TemplateResponse(request, "problem.html", {"title": title, "message": message, "user": None, "auth": auth_on(request)},
-                                      status_code=status)
+    return templates.TemplateResponse(request, "problem.html", {"title": title, "message": message, "user": None, "auth": auth_on(request),
+                                                                "csrf": ""}, status_code=status)
 
 
 def auth_on(request: Request) -> bool:
     return request.app.state.settings.auth != "off"
 
 
-User = Annotated[Principal, Depends(authenticate)]  # 401 becomes a redirect to the login form (ConsoleRoute)
+async def console_user(request: Request, credentials: BearerKey, session_id: SessionCookie) -> Principal:
+    """The person using the console; their forms' CSRF tokens are checked by `PostedForm`."""
+    return await identify(request, credentials, session_id, session_writes=True)
+
+
+User = Annotated[Principal, Depends(console_user)]  # 401 becomes a redirect to the login form (ConsoleRoute)
 
 
 def role(principal: Principal, *roles: str) -> None:
     if not principal.may(*roles):  # type: ignore[arg-type]
         raise HTTPException(403, f"This needs a key with role {' or '.join(roles)}; you are logged in as {principal.name}, "
                                  f"whose role is {principal.role}.")
-
-
-async def form(request: Request) -> dict[str, str]:
-    """An `application/x-www-form-urlencoded` body (the console's forms send nothing else)."""
-    fields = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    return {name: values[-1] for name, values in fields.items()}
 
 
 def local_target(target: str | None, default: str = "/console") -> str:
@@ -122,7 +128,7 @@ def local_target(target: str | None, default: str = "/console") -> str:
 
 
 def page(request: Request, name: str, user: Principal | None, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"user": user, "auth": auth_on(request), **context})
+    return templates.TemplateResponse(request, name, {"user": user, "auth": auth_on(request), "csrf": csrf_of(request), **context})
 
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -144,36 +150,42 @@ async def login_form(request: Request, next: str | None = None) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    fields = await form(request)
+    refuse_foreign_origin(request)  # no session yet, so no token: a page elsewhere must not log a browser in as its key
+    fields = await read_form(request)
     target = local_target(fields.get("next"))
     if not auth_on(request):
         return RedirectResponse(target, status_code=303)
     secret = fields.get("key", "").strip()
-    principal = None
-    if secret:
-        async with db.pool().connection() as conn:
-            principal = await find_key(conn, secret)
-    if principal is None:
-        response = page(request, "login.html", None, next=target, error="That key is not valid or was revoked.")
-        response.status_code = 401
-        return response
+    async with db.pool().connection() as conn:
+        principal = await find_key(conn, secret) if 0 < len(secret) <= MAX_KEY_CHARS else None
+        if principal is None or principal.key_id is None:
+            response = page(request, "login.html", None, next=target, error="That key is not valid or was revoked.")
+            response.status_code = 401
+            return response
+        session_id = await sessions.open_session(conn, principal.key_id, request.app.state.settings.session_ttl)
     response = RedirectResponse(target, status_code=303)
-    # The cookie is the key itself: HttpOnly (no script reads it), SameSite=Strict (no other site sends it: our CSRF defence).
-    response.set_cookie(COOKIE, secret, httponly=True, samesite="strict", path="/", secure=request.url.scheme == "https")
+    response.set_cookie(sessions.COOKIE, session_id, max_age=int(request.app.state.settings.session_ttl), httponly=True, samesite="strict",
+                        path="/", secure=request.url.scheme == "https")
+    response.delete_cookie(sessions.LEGACY_COOKIE, path="/")
     return response
 
 
-@router.get("/logout")
-async def logout() -> Response:
+@router.post("/logout")
+async def logout(request: Request, _: PostedForm) -> Response:
+    """End the session on the server (a copy of the cookie is worth nothing after this), then in the browser."""
+    if session_id := request.cookies.get(sessions.COOKIE):
+        async with db.pool().connection() as conn:
+            await sessions.end_session(conn, session_id)
     response = RedirectResponse("/console/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(sessions.LEGACY_COOKIE, path="/")
     return response
 
 
 @router.get("")
 async def runs_page(request: Request, user: User, status: str | None = None, agent: str | None = None, cursor: str | None = None) -> Response:
     status = status if status in STATUSES else None
-    agent = agent or None
+    agent = agent if agent in agent_names() else None
     runs = await list_runs(status=status, agent=agent, limit=PAGE_SIZE, before=decode_cursor(cursor) if cursor else None)
     next_cursor = encode_cursor(runs[-1]["created_at"], runs[-1]["run_id"]) if len(runs) == PAGE_SIZE else None
     return page(request, "runs.html", user, runs=runs, status=status, agent=agent, statuses=STATUSES, agents=agent_names(),
@@ -181,25 +193,26 @@ async def runs_page(request: Request, user: User, status: str | None = None, age
 
 
 @router.post("/runs")
-async def submit_run(request: Request, user: User) -> Response:
+async def submit_run(user: User, fields: PostedForm) -> Response:
     role(user, "submit")
-    fields = await form(request)
-    agent, text = fields.get("agent", ""), fields.get("input", "").strip()
-    if not text:
-        raise UserError("Write the run's input.")
-    run = await start_run(agent, text)
+    body = validated(RunCreate, {"agent": fields.get("agent", ""), "input": fields.get("input", "").strip()})
+    run = await start_run(body.agent, body.input, owner=user.owner)
     await record_submitter(run["run_id"], user)
     return RedirectResponse(f"/console/runs/{quote(run['run_id'])}", status_code=303)
 
 
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, run_id: str, user: User) -> Response:
+    if not READABLE_RUN_ID.match(run_id):
+        raise RunNotFound(f"no run {run_id!r}")
     run = await get_run(run_id)
     events = await get_events(run_id)
     start = events[0]["at"] if events else None
     for event in events:
         event["offset"] = (event["at"] - start).total_seconds()
-    return page(request, "run.html", user, run=run, events=events)
+        event["undo"] = ids.undo_label(run_id, event["source"])
+    decided = [a for a in await list_approvals(run_id=run_id) if a["status"] != "pending"]
+    return page(request, "run.html", user, run=run, events=events, decided=decided)
 
 
 @router.get("/approvals")
@@ -209,11 +222,10 @@ async def approvals_page(request: Request, user: User) -> Response:
 
 
 @router.post("/approvals/{approval_id}")
-async def decide_approval(request: Request, approval_id: str, user: User) -> Response:
+async def decide_approval(approval_id: str, user: User, fields: PostedForm) -> Response:
     role(user, "approve")
-    fields = await form(request)
-    decision = fields.get("decision")
-    if decision not in ("approve", "reject"):
-        raise UserError("The decision must be approve or reject.")
-    await decide(approval_id, decision, decided_by=decider(user, None), comment=fields.get("comment") or None)
+    if not re.match(APPROVAL_ID_PATTERN, approval_id):
+        raise ApprovalNotFound(f"no approval {approval_id!r}")
+    body = validated(ApprovalDecision, {"decision": fields.get("decision"), "comment": fields.get("comment") or None})
+    await decide(approval_id, body.decision, decided_by=decider(user, None), decided_by_key_id=user.key_id, comment=body.comment)
     return RedirectResponse(local_target(fields.get("next"), "/console/approvals"), status_code=303)

@@ -12,7 +12,21 @@ from fastapi.encoders import jsonable_encoder
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.auth import Principal, authenticate, check_owner, record_submitter, require
-from app.schemas import NO_NUL, RUN_ID_PATTERN, V1_ERRORS, EventView, ReplayReport, RunCreate, RunFork, RunPage, RunStarted, RunView, Timestamp, errors
+from app.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    NO_NUL,
+    RUN_ID_PATTERN,
+    V1_ERRORS,
+    EventView,
+    ReplayReport,
+    RunCreate,
+    RunFork,
+    RunPage,
+    RunStarted,
+    RunView,
+    Timestamp,
+    errors,
+)
 from workflows import cancel_run, follow_run, fork_run, get_events, get_run, list_runs, replay_run, resume_run, retry_failed_compensations, start_run
 
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN)]
@@ -23,10 +37,11 @@ RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "fail
 
 @router.post("", status_code=202, response_model=RunStarted, responses=errors(429))
 async def create_run(body: RunCreate, principal: Annotated[Principal, require("submit")],
-                     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", pattern=RUN_ID_PATTERN)] = None,  # type: ignore[assignment]
+                     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN)] = None,  # type: ignore[assignment]
                      ) -> RunStarted:
-    """Start a run. With `Idempotency-Key`, the key is the run ID: repeating the request returns the same run."""
-    run = await start_run(body.agent, body.input, idempotency_key)
+    """Start a run; Keel names it. With `Idempotency-Key`, repeating the request with the same API key returns the
+    same run (a different body is 409); the same key sent with another API key is another run."""
+    run = await start_run(body.agent, body.input, owner=principal.owner, idempotency_key=idempotency_key)
     await record_submitter(run["run_id"], principal)
     return RunStarted(run_id=run["run_id"], status=run["status"])
 
