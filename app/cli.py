@@ -270,10 +270,12 @@ def events(run_id: str, as_json: bool) -> None:
 @click.option("--from-step", type=int, required=True, help="The first step to run live (see `keel events`).")
 @click.option("--model", default=None, help="Run the live part with this model.")
 @click.option("--instructions", default=None, help="Run the live part with these instructions.")
+@click.option("--redo-effects", is_flag=True, help="Make the effects after the fork point again (by default a call the origin "
+                                                      "made with the same arguments reuses its recorded outcome).")
 @click.option("--wait", is_flag=True, help="Wait for the new run to end and print its result.")
-def fork(run_id: str, from_step: int, model: str | None, instructions: str | None, wait: bool) -> None:
+def fork(run_id: str, from_step: int, model: str | None, instructions: str | None, redo_effects: bool, wait: bool) -> None:
     """Start a new run from RUN_ID's recorded history up to a step, live from there."""
-    body = {"from_step": from_step, "model": model, "instructions": instructions}
+    body = {"from_step": from_step, "model": model, "instructions": instructions, "redo_effects": redo_effects}
     forked = request("POST", f"/v1/runs/{run_id}/fork", json=body)
     click.echo(f"run {forked['run_id']}: {forked['status']} (forked from {run_id} at step {from_step})")
     if wait:
@@ -285,12 +287,12 @@ def fork(run_id: str, from_step: int, model: str | None, instructions: str | Non
 @click.option("--pending", is_flag=True, help="Replay every run that has not ended (the check before a deploy).")
 def replay(run_ids: tuple[str, ...], pending: bool) -> None:
     """Check that the current code makes the same decisions as recorded runs (nothing is called)."""
-    ids = list(run_ids)
-    if pending:
-        for status in ("running", "awaiting_approval", "compensating"):
-            ids += [item["run_id"] for item in request("GET", "/v1/runs", params={"status": status, "limit": 200})["runs"]]
-    if not ids:
+    if not run_ids and not pending:
         raise click.UsageError("name runs to replay, or pass --pending")
+    ids = list(run_ids) + (pending_runs() if pending else [])
+    if not ids:
+        click.echo("no runs are pending: nothing to replay", err=True)
+        return
     diverged = 0
     for run_id in ids:
         report = request("POST", f"/v1/runs/{run_id}/replay")
@@ -301,6 +303,20 @@ def replay(run_ids: tuple[str, ...], pending: bool) -> None:
             click.echo(f"{run_id}: DIVERGES: {report['divergence']}")
     click.echo(f"{len(ids)} replayed, {diverged} diverge", err=True)
     sys.exit(1 if diverged else 0)
+
+
+def pending_runs() -> list[str]:
+    """Every run that has not ended, page by page."""
+    ids: list[str] = []
+    for status in ("running", "awaiting_approval", "compensating"):
+        params: dict[str, Any] = {"status": status, "limit": 200}
+        while True:
+            page = request("GET", "/v1/runs", params=params)
+            ids += [item["run_id"] for item in page["runs"]]
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+    return ids
 
 
 @main.command()

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     startup_timeout: float = Field(120.0, alias="KEEL_STARTUP_TIMEOUT", gt=0)
     """Seconds start-up keeps retrying transient database errors (with backoff) before it gives up."""
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
+    metrics_window: float = Field(300.0, alias="KEEL_METRICS_WINDOW", gt=0)
+    """Seconds of recent history `/metrics` covers (besides everything still in flight)."""
 
     auth: Literal["keys", "off"] = Field("keys", alias="KEEL_AUTH")
     """`keys`: every `/v1` request needs an API key. `off`: none does (local development only)."""

@@ -33,8 +33,10 @@ from steps import breaker, db, failpoints, llm, ratelimit
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names, saga
 from workflows.approvals import redeliver_decisions
+from workflows.cancels import finish_outside_cancels
 from workflows.executor_claim import ExecutorClaim
 from workflows.retention import keep_collecting
+from workflows.run_logging import log_run_failures_on_one_line
 from workflows.run_queue import RunQueue
 from workflows.workers import OrphanWatch, beat, take_over_dead_workers
 
@@ -79,7 +81,8 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     sandbox.configure(sandbox_pool)
     model = AsyncOpenAI(base_url=settings.model_base_url, api_key=app.state.offline_model_token or settings.model_api_key, max_retries=0,
                         timeout=settings.model_timeout)
-    llm.configure(model, default_model=settings.model_name, prices=settings.model_prices, stream_tokens=settings.stream_tokens)
+    llm.configure(model, default_model=settings.model_name, prices=settings.model_prices, stream_tokens=settings.stream_tokens,
+                  timeout=settings.model_timeout)
     breaker.configure(BreakerSettings(failure_threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown))
     failpoints.configure(settings.failpoints)
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
@@ -114,6 +117,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def launch_dbos(settings: Settings, url: str, queue: RunQueue) -> None:
     DBOS(config=dbos_config(settings, url))
+    log_run_failures_on_one_line()
     queue.listen()
     try:
         DBOS.launch()  # inside uvicorn's loop, so recovered runs execute on it
@@ -124,8 +128,8 @@ async def launch_dbos(settings: Settings, url: str, queue: RunQueue) -> None:
 
 async def heartbeats(settings: Settings, claim: ExecutorClaim) -> None:
     """Tell `keel.workers` this executor is alive (and hold its claim), take over the runs of workers
-    that are not (and this worker's own runs that no task runs any more), and deliver decisions whose
-    messages were lost."""
+    that are not (and this worker's own runs that no task runs any more), deliver decisions whose
+    messages were lost, and finish runs cancelled from outside Keel."""
     orphans = OrphanWatch()
     while True:
         try:
@@ -135,6 +139,7 @@ async def heartbeats(settings: Settings, claim: ExecutorClaim) -> None:
             await take_over_dead_workers(settings.executor_id, stale_after=6 * settings.heartbeat_interval)
             await orphans.adopt(settings.executor_id)
             await redeliver_decisions(grace=2 * settings.heartbeat_interval)
+            await finish_outside_cancels()
         except Exception:  # a missed beat is not worth a crash; the next one may go through
             log.exception("heartbeat failed")
         await asyncio.sleep(settings.heartbeat_interval)

@@ -76,6 +76,8 @@ class RunFork(BaseModel):
     from_step: int = Field(ge=1, description="The first step to run live; earlier steps reuse the recorded outputs")
     model: Text | None = Field(None, max_length=200)
     instructions: Text | None = Field(None, max_length=100_000)
+    redo_effects: bool = Field(False, strict=True, description="Make every effect after the fork point again, live; by default a call the "
+                                                   "origin made with the same arguments reuses its recorded outcome")
 
 
 class RunStarted(BaseModel):

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from steps import db, events, ids
 from steps.errors import UserError
+from steps.fork_reuse import reusable
 from steps.retry import OUTAGE_RETRIES
 
 COLUMNS = """approval_id, run_id, tool, arguments, status, requested_at, expires_at, escalations,
@@ -31,10 +32,17 @@ class ApprovalConflict(UserError):
 
 
 @DBOS.step(name="keel.approval_request", **OUTAGE_RETRIES)
-async def request_approval_step(tool: str, arguments: dict[str, Any], tool_call_id: str, timeout: float) -> dict[str, Any]:
-    """Open an approval request for a tool call; returns its ID (the same on re-execution)."""
+async def request_approval_step(tool: str, arguments: dict[str, Any], tool_call_id: str, timeout: float,
+                                origin: str | None = None) -> dict[str, Any]:
+    """Open an approval request for a tool call; returns its ID (the same on re-execution).
+
+    A fork (`origin`: the run it reuses outcomes from) asks nobody about a call it will answer with
+    its origin's outcome: no effect, nothing to approve. Then the ID is None."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "request_approval_step runs inside a workflow"
+    if origin is not None and (reused := await reusable(origin, run_id, tool, arguments)):
+        await events.record(run_id, step_id, "approval_decided", {"approval_id": None, "status": "not_needed", "reused_from": reused})
+        return {"approval_id": None}
     approval_id = ids.approval_id(run_id, step_id)
     async with db.pool().connection() as conn, conn.transaction():
         await conn.execute(

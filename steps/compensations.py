@@ -11,7 +11,7 @@ from steps.retry import OUTAGE_RETRIES
 
 EFFECTS = """
 SELECT idempotency_key, tool, arguments, result FROM keel.tool_calls
-WHERE run_id = %s AND status = 'succeeded'
+WHERE run_id = %s AND status = 'succeeded' AND reused_from IS NULL  -- a fork's reused outcome is its origin's effect
 ORDER BY completed_at DESC, step_id DESC
 FOR UPDATE
 """

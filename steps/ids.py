@@ -44,8 +44,16 @@ def ledger_key(run_id: str, step_id: int) -> str:
     return f"{run_id}:{step_id}"
 
 
+APPROVAL = ":approval:"
+
+
 def approval_id(run_id: str, step_id: int) -> str:
-    return f"{run_id}:approval:{step_id}"
+    return f"{run_id}{APPROVAL}{step_id}"
+
+
+def approval_run(approval: str) -> str:
+    """The run whose request `approval` is; a fork may hold its origin's (copied with the steps before its fork point)."""
+    return approval.rpartition(APPROVAL)[0]
 
 
 def decision_message_key(approval: str) -> str:

@@ -18,6 +18,7 @@ from dbos import DBOS
 from psycopg.types.json import Jsonb
 
 from steps import breaker, db, events, failpoints, ids
+from steps.fork_reuse import fork_reply
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, retrying
 from steps.tools import Tool, ToolContext, provided
 
@@ -57,14 +58,21 @@ class Outcome:
 
 @DBOS.step(name="keel.tool_call", **OUTAGE_RETRIES)
 async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: str, key: str | None = None,
-                         first_attempt: int = 1) -> dict[str, Any]:
+                         first_attempt: int = 1, *, origin: str | None = None, origin_approved: bool = False) -> dict[str, Any]:
     """One tool call, retried by the tool's policy; returns `{"ok": ...}`, never raises.
 
     The idempotency key is `key` if given, else the tool's business key, else `<run_id>:<step_id>`
-    (a call continued after a durable wait passes its first key, so the key never changes)."""
+    (a call continued after a durable wait passes its first key, so the key never changes). A fork's
+    call passes its `origin` (whose outcome it reuses for the same call) and whether its approval
+    was the origin's (`steps.fork_reuse`)."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
+    continued = key is not None
     key = key or tool.business_key(arguments) or ids.ledger_key(run_id, step_id)
+    if not continued and (origin or origin_approved) and (reply := await fork_reply(
+            origin=origin, origin_approved=origin_approved, run_id=run_id, step_id=step_id, key=key, tool=tool,
+            tool_call_id=tool_call_id, arguments=arguments)):
+        return reply
     call = Call(tool=tool, key=key, run_id=run_id, step_id=step_id, tool_call_id=tool_call_id, arguments=arguments)
 
     async def on_retry(attempt: int, failure: Failure, wait: float) -> None:

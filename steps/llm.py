@@ -3,9 +3,11 @@
 `app` configures the client at start-up (with `max_retries=0`: the client's own retries would hide
 attempts from Keel's policy, its events and its budgets)."""
 
+import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from dbos import DBOS
 from openai import AsyncOpenAI
@@ -13,7 +15,9 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion
 
 from steps import breaker, events, failpoints, ratelimit, stream
-from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, RetryPolicy, retrying
+from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, IncompleteReply, RetryPolicy, retrying
+
+T = TypeVar("T")
 
 # USD per million tokens (input, output); a model not listed costs 0. Override with configure(prices=).
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -32,19 +36,23 @@ class _Config:
     default_model: str = "gpt-4.1-mini"
     prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     stream_tokens: bool = True
+    timeout: float = 60.0
 
 
 _config = _Config()
 
 
 def configure(client: AsyncOpenAI | None, *, default_model: str | None = None,
-              prices: dict[str, tuple[float, float]] | None = None, stream_tokens: bool = True) -> None:
-    """Set the client, the model for agents that name none, extra model prices, and whether model
-    output goes to the runs' live feeds as it arrives."""
+              prices: dict[str, tuple[float, float]] | None = None, stream_tokens: bool = True,
+              timeout: float | None = None) -> None:
+    """Set the client, the model for agents that name none, extra model prices, whether model
+    output goes to the runs' live feeds as it arrives, and the timeout of a model call for agents
+    that set none."""
     _config.client = client
     _config.stream_tokens = stream_tokens
     _config.default_model = default_model or _config.default_model
     _config.prices = {**DEFAULT_PRICES, **(prices or {})}
+    _config.timeout = timeout or _config.timeout
 
 
 def client() -> AsyncOpenAI:
@@ -69,10 +77,15 @@ class ModelRequest:
     """How many of `messages` earlier turns sent; only the rest goes into the event."""
     retry: RetryPolicy
     timeout: float | None = None
+    """Seconds one attempt may take, the whole stream included; None: the configured default."""
     deadline: float | None = None
     """Epoch seconds after which the run's wall-clock budget refuses the call."""
     label: str | None = None
     """Who asks, when a run holds several agents (an Agents SDK handoff's target): in the `llm_request` event."""
+    reasks: list[dict[str, Any]] = field(default_factory=list)
+    """Why the model is asked again (`{"problem", "tool_call_id"}` each): its last reply was malformed,
+    named an unknown tool, or a tool said so (`AskModel`). Recorded as this call's `reask` event."""
+    reasks_left: int = 0
 
 
 @DBOS.step(name="keel.llm", **OUTAGE_RETRIES)
@@ -81,9 +94,12 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "llm_step runs inside a workflow"
     model = request.model or _config.default_model
+    timeout = request.timeout or _config.timeout
     if request.deadline is not None and time.time() > request.deadline:
         return {"ok": False, "error": {"kind": "budget", "type": "BudgetExceeded", "message": "the run's wall-clock budget is spent"}}
     dependency = f"model:{client().base_url}"
+    if request.reasks and first_attempt == 1:  # a call continued after a durable wait was re-asked already
+        await events.record(run_id, step_id, "reask", {"turn": request.turn, "problems": request.reasks, "reasks_left": request.reasks_left})
     asked = {"model": model, "turn": request.turn, "messages": request.messages[request.already_sent:]}
     await events.record(run_id, step_id, "llm_request", {**asked, "agent": request.label} if request.label else asked, attempt=first_attempt)
     failpoints.hit(f"llm.before_request:{request.turn}")
@@ -97,11 +113,11 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
 
         endpoint = f"{client().base_url}#{model}"
         async with breaker.guard(dependency, breaker_changed), ratelimit.slot(
-                endpoint, run_id=run_id, max_wait=request.retry.max_delay, on_wait=rate_limited, timeout=request.timeout):
+                endpoint, run_id=run_id, max_wait=request.retry.max_delay, on_wait=rate_limited, timeout=timeout):
             started = time.monotonic()
-            completion = await streamed(TokenFeed(run_id, step_id, number) if _config.stream_tokens else None,
-                                        model=model, messages=request.messages, timeout=request.timeout,
-                                        **({"tools": request.tools} if request.tools else {}))
+            completion = await bounded(timeout, streamed(TokenFeed(run_id, step_id, number) if _config.stream_tokens else None,
+                                                         model=model, messages=request.messages, timeout=timeout,
+                                                         **({"tools": request.tools} if request.tools else {})))
         return completion, time.monotonic() - started, number
 
     async def on_retry(number: int, failure: Failure, wait: float) -> None:
@@ -131,19 +147,36 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
     return {"ok": True, "message": assistant_message(choice.message.content, choice.message.tool_calls), "usage": response}
 
 
+async def bounded(timeout: float, call: Awaitable[T]) -> T:
+    """`call`, given up after `timeout` seconds in all. The client's own timeout bounds each read,
+    so a server that trickles bytes (keep-alive comments, a token a minute) would never trip it."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except TimeoutError as exc:
+        raise TimeoutError(f"no complete reply from the model within {timeout:g} s") from exc
+
+
 async def streamed(feed: "TokenFeed | None", **create: Any) -> ChatCompletion:
-    """One completion, streamed: its text goes to the run's live feed as it arrives."""
+    """One completion, streamed: its text goes to the run's live feed as it arrives.
+
+    A stream that ends without a finish reason was cut off (a proxy or the provider closed it
+    early): it raises `IncompleteReply`, a transient failure, never returns what arrived."""
     state: ChatCompletionStreamState = ChatCompletionStreamState()
     chunks = await client().chat.completions.create(stream=True, stream_options={"include_usage": True}, **create)
+    finished = False
     try:
         async with chunks:
             async for chunk in chunks:
                 state.handle_chunk(chunk)
+                finished = finished or any(choice.finish_reason for choice in chunk.choices)
                 if feed and chunk.choices and chunk.choices[0].delta.content:
                     await feed.add(chunk.choices[0].delta.content)
     finally:  # a broken stream's output is published too: readers see it, then the attempt's `retry` event
         if feed:
             await feed.flush()
+    if not finished:
+        raise IncompleteReply("the model's stream ended without a finish reason")
     return state.get_final_completion()
 
 

@@ -79,6 +79,10 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+class IncompleteReply(Exception):
+    """A reply that ended before it was complete (a stream with no finish reason): worth another attempt."""
+
+
 REFUSED = frozenset({"circuit_open", "rate_limited"})
 """Failure kinds of calls that never went out: the run waits durably, and the attempt is not used up."""
 
@@ -111,7 +115,7 @@ def classify(exc: BaseException) -> Failure:
         return _from_status(name, f"{response.status_code} from {exc.request.url}", response.status_code, response.headers)
     if is_outage(exc):
         return Failure(kind="outage", type=name, message=str(exc) or name)
-    transient = (openai.APIConnectionError, httpx.TransportError, TimeoutError)
+    transient = (openai.APIConnectionError, httpx.TransportError, TimeoutError, IncompleteReply)
     if isinstance(exc, transient):
         return Failure(kind="transient", type=name, message=str(exc) or name)
     if isinstance(exc, pydantic.ValidationError):

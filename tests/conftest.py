@@ -8,6 +8,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,8 @@ def make_key(database_url: str, role: str) -> str:
         async with await psycopg.AsyncConnection.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
             return (await create_key(conn, f"test-{role}", role))[1]  # type: ignore[arg-type]
 
-    return asyncio.run(create())
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, so async tests may call it too
+        return thread.submit(asyncio.run, create()).result()
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +137,19 @@ def start_worker(worker_env: dict[str, str], logs: Path) -> Iterator[Callable[..
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def own_database(database_url: str) -> Callable[[str], dict[str, str]]:
+    """`own_database(name)`: a database of the test's own (`<test database>_<name>`, made afresh), as the
+    environment a worker needs to use it (its URL and an admin key): for tests that judge the whole
+    database, which the shared one is not (other tests leave runs waiting there)."""
+
+    def make(name: str) -> dict[str, str]:
+        url = fresh_database(database_url, f"{TEST_DATABASE}_{name}")
+        return {"DATABASE_URL": url, "KEEL_API_KEY": make_key(url, "admin")}
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,20 @@ def test_keel_reports_errors_clearly(service: Worker, worker_env: dict[str, str]
 
     assert unknown.returncode == 1 and "unknown agent 'nobody'" in unknown.stderr
     assert unreachable.returncode == 1 and "is `keel serve` running?" in unreachable.stderr
+
+
+def test_keel_replay_pending_with_nothing_pending_says_so_and_succeeds(
+    start_worker: Callable[..., Worker], own_database: Callable[[str], dict[str, str]], worker_env: dict[str, str]
+) -> None:
+    env = own_database("nothing_pending")
+    worker = start_worker("nothing-pending", **env)
+
+    done = cli([str(BIN / "keel"), "replay", "--pending"], {**worker_env, **env, "KEEL_PORT": str(worker.port)})
+    neither = cli([str(BIN / "keel"), "replay"], {**worker_env, **env, "KEEL_PORT": str(worker.port)})
+
+    assert done.returncode == 0, done.stderr
+    assert "no runs are pending: nothing to replay" in done.stderr
+    assert neither.returncode == 2 and "name runs to replay, or pass --pending" in neither.stderr
 
 
 def test_keel_migrate_is_repeatable(worker_env: dict[str, str]) -> None:

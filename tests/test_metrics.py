@@ -15,8 +15,10 @@ async def test_metrics_count_runs_and_latencies(api: httpx.AsyncClient, customer
     assert run["status"] == "succeeded"
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     succeeded = [s.value for s in families["keel_runs"].samples if s.labels == {"status": "succeeded"}]
-    assert succeeded and succeeded[0] >= 1
-    llm_count = next(s.value for s in families["keel_llm_latency_seconds"].samples if s.name.endswith("_count"))
-    tool_count = next(s.value for s in families["keel_tool_call_seconds"].samples if s.name.endswith("_count"))
-    assert llm_count >= 6 and tool_count >= 5
-    assert {"keel_approvals_waiting", "keel_breaker_open", "keel_compensations", "keel_retries"} <= set(families)
+    assert succeeded and succeeded[0] >= 1  # created within the metrics window
+    # Gauge histograms over the window: buckets, then `_gcount` and `_gsum` as gauges of their own.
+    llm_count = families["keel_recent_llm_latency_seconds_gcount"].samples[0].value
+    llm_sum = families["keel_recent_llm_latency_seconds_gsum"].samples[0].value
+    tool_count = next(s.value for s in families["keel_recent_tool_call_seconds"].samples if s.labels == {"le": "+Inf"})
+    assert llm_count >= 6 and llm_sum > 0 and tool_count >= 5
+    assert {"keel_approvals_waiting", "keel_breaker_open", "keel_compensations", "keel_recent_retries"} <= set(families)

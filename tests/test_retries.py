@@ -71,4 +71,4 @@ async def test_a_hung_model_call_times_out_and_is_retried(api: httpx.AsyncClient
 
     assert run["status"] == "succeeded"
     error = await fetch_value(db, "SELECT payload -> 'error' FROM keel.events WHERE run_id = %s AND kind = 'retry'", run["run_id"])
-    assert (error["type"], error["kind"]) == ("APITimeoutError", "transient")
+    assert error["kind"] == "transient" and "within 1 s" in error["message"]  # the agent's model_timeout, not KEEL_MODEL_TIMEOUT

@@ -4,6 +4,7 @@ import httpx
 import psycopg
 
 from tests.conftest import fetch_value, wait_for_run
+from tests.processes import Worker
 
 
 async def start(api: httpx.AsyncClient, agent: str, text: str) -> dict:
@@ -81,3 +82,13 @@ async def test_a_run_without_a_final_answer_stops_at_max_turns(api) -> None:
 
     assert (run["status"], run["reason"]) == ("failed", "max_turns_exceeded")
     assert run["turns"] == 6
+
+
+async def test_a_run_that_fails_as_expected_is_one_line_in_the_log_not_a_traceback(api, service: Worker) -> None:
+    run = await start(api, "probe", 'call refuse with {"reason": "card declined for the log test"}')
+
+    assert (run["status"], run["reason"]) == ("failed", "tool_failed")
+    log = service.log.read_text()
+    [line] = [line for line in log.splitlines() if run["run_id"] in line and "failed" in line]
+    assert "WARNING" in line and f"run {run['run_id']} failed (tool_failed): tool refuse failed: card declined for the log test" in line
+    assert "steps.errors.RunFailed: tool_failed: tool refuse failed: card declined for the log test" not in log  # no traceback

@@ -55,6 +55,19 @@ async def test_a_failure_at_step_four_undoes_steps_three_two_one_in_reverse(agen
         ("keel.compensate", "SUCCESS"), ("keel.compensate", "SUCCESS"), ("keel.rollback", "SUCCESS")]
 
 
+async def test_a_plans_fault_spoils_as_many_runs_as_its_times_and_no_more(api: httpx.AsyncClient, db: psycopg.AsyncConnection,
+                                                                         customer: str) -> None:
+    # The fault fails update_plan inside the ledger's transaction, which rolls back: it must stay used.
+    await api.post("/sandbox/faults", json={"service": "plans", "kind": "unavailable", "match": customer, "times": 1})
+
+    first = await wait_for_run(api, await start(api, f"Upgrade customer {customer} to the pro plan"))
+    second = await wait_for_run(api, await start(api, f"Upgrade customer {customer} to the pro plan"))
+
+    assert (first["status"], first["reason"]) == ("compensated", "tool_failed")
+    assert second["status"] == "succeeded", second
+    assert await fetch_value(db, "SELECT remaining FROM sandbox.faults WHERE match = %s", customer) == 0
+
+
 async def test_irreversible_effects_are_reported_not_undone(api: httpx.AsyncClient, model: httpx.AsyncClient, db, customer: str) -> None:
     await model.post("/faults", json={"kind": "bad_final", "match": customer, "times": 10})
 

@@ -286,6 +286,48 @@ async def test_delay_fault_holds_back_the_first_byte(model: AsyncOpenAI, root: s
     assert time.monotonic() - started < 0.3
 
 
+async def test_hang_fault_sends_the_headers_then_nothing(root: str) -> None:
+    add_fault(root, kind="hang", seconds=0.6, times=2)
+    body = {"model": "scripted", "messages": user("say late")}
+    async with httpx.AsyncClient(base_url=root, timeout=5) as client:
+        for streamed in (True, False):  # a plain JSON reply is held back the same way
+            started = time.monotonic()
+            async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": streamed}) as response:
+                headers_after = time.monotonic() - started
+                text = (await response.aread()).decode()
+            assert response.status_code == 200 and headers_after < 0.5
+            assert time.monotonic() - started >= 0.6
+            assert text.endswith("data: [DONE]\n\n") if streamed else json.loads(text)["choices"][0]["message"]["content"] == "late"
+    assert pending_faults(root) == []
+
+
+async def test_hang_fault_can_keep_the_connection_busy_with_comments(root: str, model: AsyncOpenAI) -> None:
+    add_fault(root, kind="hang", seconds=0.8, keepalive=0.1)
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=root, timeout=0.5) as client:  # no read ever waits 0.5 s
+        response = await client.post("/v1/chat/completions", json={"model": "scripted", "messages": user("say late"), "stream": True})
+    assert time.monotonic() - started >= 0.8
+    assert response.text.startswith(": keepalive") and "data: [DONE]" in response.text
+
+
+async def test_truncated_stream_ends_cleanly_without_finish_reason(model: AsyncOpenAI, root: str) -> None:
+    add_fault(root, kind="truncated_stream", chunks=1)
+    stream = await model.chat.completions.create(model="scripted", messages=user("say Customer C-42 is on the pro plan"), stream=True)
+    chunks = [chunk async for chunk in stream]  # no error: as HTTP goes, the body is complete
+    assert len(chunks) == 1 and chunks[0].choices[0].finish_reason is None
+    assert (await ask(model, user("say Customer C-42 is on the pro plan"))).content == "Customer C-42 is on the pro plan"
+
+
+async def test_cut_stream_can_drop_the_connection_after_one_chunk(model: AsyncOpenAI, root: str) -> None:
+    add_fault(root, kind="cut_stream", chunks=1)
+    stream = await model.chat.completions.create(model="scripted", messages=user("say hi there"), stream=True)
+    received = []
+    with pytest.raises(httpx.RemoteProtocolError):  # the openai client lets httpx's error through mid-stream
+        async for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 1
+
+
 async def test_tool_call_faults_wait_for_a_tool_call(model: AsyncOpenAI, root: str) -> None:
     add_fault(root, kind="malformed_arguments")
     assert (await ask(model, user("say hi"))).content == "hi"
@@ -371,7 +413,8 @@ async def test_fault_admin_validates_lists_and_clears(root: str) -> None:
     assert httpx.post(f"{root}/faults", json={"kind": "status", "times": 0}).status_code == 422
     fault_id = add_fault(root, kind="delay", seconds=1.5, match="slow")
     assert pending_faults(root) == [{"id": fault_id, "kind": "delay", "match": "slow", "times": 1,
-                                     "status": 429, "retry_after": None, "seconds": 1.5, "after": 0, "probability": 1.0, "passed": 0}]
+                                     "status": 429, "retry_after": None, "seconds": 1.5, "after": 0, "probability": 1.0,
+                                     "chunks": None, "keepalive": 0.0, "passed": 0}]
     assert httpx.delete(f"{root}/faults").json() == {"cleared": 1}
     assert pending_faults(root) == []
 

@@ -16,18 +16,22 @@ from typing import Any, NoReturn, Protocol
 
 from dbos import DBOS
 
+from steps import ids
 from steps.errors import RunFailed, UserError
 from steps.events import record_step
+from steps.fork_reuse import NEEDS_APPROVAL
 from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
 from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
 from workflows.approvals import await_approval
-from workflows.forks import fork_overrides
+from workflows.forks import read_fork
 from workflows.parking import call_parking
 from workflows.saga import needs_rollback, start_rollback
 
 INVALID_REPLY = "invalid_arguments"
+GO_AHEAD = ("approved", "not_needed")
+"""Decisions a call may go ahead on: `not_needed` when a fork reuses its origin's outcome (no effect)."""
 _current: ContextVar["AgentRun | None"] = ContextVar("keel_current_run", default=None)
 
 
@@ -37,8 +41,8 @@ async def agent_run(request: dict[str, Any]) -> Any:
     run_id = DBOS.workflow_id
     assert run_id is not None
     agent = get_agent(request["agent"])
-    overrides = await fork_overrides(run_id)  # a fork may change the model or the instructions
-    run = AgentRun(agent, DurableOperations(run_id, agent), **overrides)
+    fork = await read_fork(run_id)  # a fork may change the model or the instructions, and reuses its origin's outcomes
+    run = AgentRun(agent, DurableOperations(run_id, agent, reuses_from=fork and fork.reuses_from), **(fork.overrides() if fork else {}))
     return await run.execute(request["input"])
 
 
@@ -66,15 +70,18 @@ class Operations(Protocol):
 
     async def event(self, kind: str, payload: dict[str, Any]) -> float: ...
     async def model(self, request: ModelRequest) -> dict[str, Any]: ...
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
-    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]: ...
+    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]: ...
+    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str, *,
+                       reusable: bool = False) -> dict[str, Any]: ...
     async def rollback(self, reason: str) -> None: ...
 
 
 class DurableOperations:
-    def __init__(self, run_id: str, agent: Agent[Any]) -> None:
+    def __init__(self, run_id: str, agent: Agent[Any], *, reuses_from: str | None = None) -> None:
         self.run_id = run_id
         self.agent = agent
+        self.reuses_from = reuses_from
+        """A fork's origin, whose recorded outcomes its repeated calls reuse."""
 
     async def event(self, kind: str, payload: dict[str, Any]) -> float:
         return await record_step(kind, payload)
@@ -82,13 +89,18 @@ class DurableOperations:
     async def model(self, request: ModelRequest) -> dict[str, Any]:
         return await call_parking(lambda first, _: llm_step(request, first), "model")
 
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]:
+        # A fork that forked after an approval holds its origin's decision: good for reusing the origin's outcome, not for an effect.
+        origin_approved = bool(decision and decision["approval_id"] and ids.approval_run(decision["approval_id"]) != self.run_id)
         return await call_parking(
-            lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first),
+            lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first,
+                                                   origin=self.reuses_from, origin_approved=origin_approved),
             f"tool {tool.name} ({tool.dependency})")
 
-    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
-        return await await_approval(name, policy, arguments, call_id)
+    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str, *,
+                       reusable: bool = False) -> dict[str, Any]:
+        """`reusable`: a call a fork may answer with its origin's outcome (then nobody is asked)."""
+        return await await_approval(name, policy, arguments, call_id, origin=self.reuses_from if reusable else None)
 
     async def rollback(self, reason: str) -> None:
         await (await start_rollback(self.run_id, self.agent.name, reason)).get_result()
@@ -103,6 +115,8 @@ class AgentRun:
         self.model = model or agent.model
         self.instructions = instructions
         self.reasks_left = agent.max_reasks
+        self.reasks: list[dict[str, Any]] = []
+        """Problems the next model call tells the model about (recorded as its `reask` event)."""
         self.tools_used: list[str] = []
         self.tokens = 0
         self.cost_usd = 0.0
@@ -155,7 +169,7 @@ class AgentRun:
                 output, problem = agent.parse_output(message["content"])
                 if problem is None:
                     return output
-                await self.reask(problem)
+                await self.reask(problem, None)
                 conversation.append({"role": "user", "content": f"Your final answer was not accepted: {problem}. Try again."})
                 continue
             for call in calls:
@@ -172,7 +186,9 @@ class AgentRun:
         await self.check_budgets()
         self.turn += 1
         request = ModelRequest(model=self.model, messages=list(messages), tools=tools, turn=self.turn, already_sent=min(self.sent, len(messages)),
-                               retry=agent.model_retry, timeout=agent.model_timeout, deadline=self.deadline, label=label)
+                               retry=agent.model_retry, timeout=agent.model_timeout, deadline=self.deadline, label=label,
+                               reasks=self.reasks, reasks_left=self.reasks_left)
+        self.reasks = []
         reply = await self.ops.model(request)
         self.sent = len(messages)
         if not reply["ok"]:
@@ -191,22 +207,26 @@ class AgentRun:
     async def tool_outcome(self, call: dict[str, Any]) -> Any:
         found, arguments, problem = self.agent.parse_call(call)
         if found is None or problem is not None:
-            await self.reask(problem or "unknown tool")
+            await self.reask(problem or "unknown tool", call["id"])
             return {"error": {"kind": INVALID_REPLY, "message": problem}}
-        if self.agent.needs_approval(found, arguments):
-            decision = await self.ops.approval(found.name, found.approval, arguments, call["id"])
-            if decision["status"] != "approved":
+        needs_approval = self.agent.needs_approval(found, arguments)
+        for _ in range(2):  # a fork holding only its origin's approval asks for its own, once
+            decision = await self.ops.approval(found.name, found.approval, arguments, call["id"],
+                                               reusable=found.idempotency_key is None) if needs_approval else None
+            if decision and decision["status"] not in GO_AHEAD:
                 message = f"a person did not approve this call ({decision['status']}): {decision['comment'] or 'no comment'}"
                 if found.approval.on_reject == "fail":
                     await self.fail("approval_rejected", f"{found.name}: {message}")
                 return {"error": {"kind": "not_approved", "message": message}}
-        outcome = await self.ops.tool(found, arguments, call["id"])
+            outcome = await self.ops.tool(found, arguments, call["id"], decision)
+            if outcome["ok"] or outcome["error"]["kind"] != NEEDS_APPROVAL:
+                break
         if outcome["ok"]:
             self.tools_used.append(found.name)
             return outcome["result"]
         error = outcome["error"]
         if error["kind"] == "ask_model":
-            await self.reask(error["message"])
+            await self.reask(error["message"], call["id"])
             return {"error": error}
         await self.fail(failure_reason(error, "tool"), f"tool {found.name} failed: {error['message']}")
 
@@ -237,11 +257,13 @@ class AgentRun:
         if agent.max_cost_usd is not None and self.cost_usd >= agent.max_cost_usd:
             await self.fail("budget_exhausted", f"spent ${self.cost_usd:.4f} of a budget of ${agent.max_cost_usd}")
 
-    async def reask(self, problem: str) -> None:
-        """Count a malformed reply; past the agent's bound, the run fails."""
+    async def reask(self, problem: str, tool_call_id: str | None = None) -> None:
+        """Count a reply the model must redo; past the agent's bound, the run fails. The next model
+        call records the re-ask (an event of its own step: the loop's steps stay as they were)."""
         self.reasks_left -= 1
         if self.reasks_left < 0:
             await self.fail("invalid_model_output", problem)
+        self.reasks.append({"problem": problem, "tool_call_id": tool_call_id})
 
     async def fail(self, reason: str, message: str, *, halt: bool = True) -> NoReturn:
         """Record the failure, undo the run's effects, and stop: through any framework loop in between

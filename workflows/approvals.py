@@ -16,10 +16,17 @@ from steps.tools import ApprovalPolicy
 __all__ = ["await_approval", "decide", "get_approval", "list_approvals", "redeliver_decisions"]
 
 
-async def await_approval(name: str, policy: ApprovalPolicy, arguments: dict[str, Any], tool_call_id: str) -> dict[str, Any]:
+NOT_NEEDED = {"approval_id": None, "status": "not_needed", "decided_by": None, "comment": None}
+
+
+async def await_approval(name: str, policy: ApprovalPolicy, arguments: dict[str, Any], tool_call_id: str, *,
+                         origin: str | None = None) -> dict[str, Any]:
     """Ask for a decision on this call of tool `name` (or a graph's interrupt) and wait for it under
-    `policy`; returns the settled outcome (`status`, ...)."""
-    request = await request_approval_step(name, arguments, tool_call_id, policy.timeout)
+    `policy`; returns the settled outcome (`status`, ...). A fork passes its `origin` for a call it may
+    answer with the origin's outcome: then it needs no decision."""
+    request = await request_approval_step(name, arguments, tool_call_id, policy.timeout, origin)
+    if request["approval_id"] is None:
+        return NOT_NEEDED
     escalations_left = 1 if policy.on_expire == "escalate" else 0
     while True:
         await DBOS.recv_async(topic=request["approval_id"], timeout_seconds=policy.timeout)

@@ -30,6 +30,10 @@ CHECKS = {
     "compensation_parked": """
         SELECT run_id, tool, error ->> 'kind' AS kind, error ->> 'message' AS detail, retry_at
         FROM keel.compensations WHERE status = 'parked'""",
+    "cancelled_outside": """
+        SELECT s.workflow_uuid AS run_id FROM dbos.workflow_status s
+        WHERE s.status = 'CANCELLED' AND s.name = 'keel.agent_run'
+          AND NOT EXISTS (SELECT 1 FROM dbos.workflow_status r WHERE r.workflow_uuid = s.workflow_uuid || ':rollback')""",
     "compensation_failed": """
         SELECT r.run_id, c.tool, c.error ->> 'message' AS detail
         FROM keel.runs r JOIN keel.compensations c USING (run_id)
@@ -43,6 +47,8 @@ FIXES = {
     "dead_lettered": "crashed its worker {recovery_attempts} times; after fixing the cause, `keel resume {run_id}`",
     "circuit_open": "waits for {dependency} to recover; it resumes by itself once a probe call succeeds",
     "compensation_parked": "undoing {tool} met a transient failure ({kind}: {detail}); it tries again by itself at {retry_at:%Y-%m-%d %H:%M:%S %Z}",
+    "cancelled_outside": ("cancelled outside Keel (`dbos workflow cancel`): its effects are not undone and its approvals are open; "
+                          "a worker finishes it at its next heartbeat, or `keel cancel {run_id}` does now"),
     "compensation_failed": "undoing {tool} failed; fix the cause, then `keel compensate {run_id}`",
 }
 

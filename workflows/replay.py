@@ -14,6 +14,7 @@ from steps.llm import ModelRequest
 from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
 from workflows.agent_loop import AgentRun
+from workflows.approvals import NOT_NEEDED
 from workflows.forks import fork_overrides
 from workflows.runs import get_run
 
@@ -70,7 +71,7 @@ class RecordedOperations:
     async def model(self, request: ModelRequest) -> dict[str, Any]:
         return await self.parked("keel.llm", f"model call (turn {request.turn})")
 
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]:
         outcome = await self.parked("keel.tool_call", f"tool {tool.name}({json.dumps(arguments)})")
         recorded = self.events.get((self.trace[-1]["step"], "tool_call"), {})
         if (recorded.get("tool"), recorded.get("arguments")) != (tool.name, arguments):
@@ -86,8 +87,10 @@ class RecordedOperations:
                 return outcome
             self.take("keel.event", "event parked")
 
-    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
-        self.take("keel.approval_request", f"approval for {name}")
+    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str, *, reusable: bool = False) -> dict[str, Any]:
+        request = self.output(self.take("keel.approval_request", f"approval for {name}"))
+        if request["approval_id"] is None:  # a fork's call answered with its origin's outcome
+            return NOT_NEEDED
         while True:
             settled = self.output(self.take("keel.approval_settle", f"decision on {name}"))
             if settled["status"] != "pending":

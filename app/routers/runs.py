@@ -106,7 +106,7 @@ async def stream_run(run_id: RunId,
 async def fork(run_id: RunId, body: RunFork, principal: Annotated[Principal, require("submit")]) -> dict:
     """A new run that reuses this one's recorded outputs before `from_step` and runs live from there."""
     await check_owner(run_id, principal)
-    forked = await fork_run(run_id, body.from_step, model=body.model, instructions=body.instructions)
+    forked = await fork_run(run_id, body.from_step, model=body.model, instructions=body.instructions, redo_effects=body.redo_effects)
     await record_submitter(forked["run_id"], principal)
     return forked
 

@@ -1,4 +1,8 @@
-"""Fault knobs of the sandbox services, consumed one request at a time."""
+"""Fault knobs of the sandbox services, consumed one request at a time.
+
+A fault is taken on a connection of the sandbox's own, committed at once: never inside the
+transaction of the effect it spoils, which rolls back when the fault fails the call (and would
+give the fault back, so `times` would mean nothing)."""
 
 from typing import Literal
 
@@ -6,6 +10,8 @@ from fastapi.responses import Response
 from psycopg import AsyncConnection
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
+
+from app.sandbox.database import pool
 
 FaultKind = Literal["drop_response", "delay_response", "unavailable", "reject"]
 
@@ -34,8 +40,10 @@ class Fault(BaseModel):
     seconds: float
 
 
-async def take_fault(conn: AsyncConnection, service: str, request_text: str) -> Fault | None:
-    row = await (await conn.execute(TAKE, (service, request_text))).fetchone()
+async def take_fault(service: str, request_text: str) -> Fault | None:
+    """Use up one application of the first fault of `service` that matches the request, if any."""
+    async with pool().connection() as conn:  # autocommit: taken for good, whatever the caller's transaction does
+        row = await (await conn.execute(TAKE, (service, request_text))).fetchone()
     return Fault(kind=row[0], seconds=row[1]) if row else None
 
 

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
@@ -40,8 +39,8 @@ CHARGE_COLUMNS = "charge_id, idempotency_key, customer_id, amount_cents, descrip
 @router.post("/payments/charges", status_code=201)
 async def create_charge(charge: ChargeCreate, key: IdempotencyKey, response: Response) -> Any:
     """Charge a customer once per `Idempotency-Key`; a repeated key returns the original charge."""
+    fault = await take_fault_or_refuse("payments", charge.model_dump_json())
     async with pool().connection() as conn:
-        fault = await take_fault_or_refuse(conn, "payments", charge.model_dump_json())
         cursor = conn.cursor(row_factory=dict_row)
         async with conn.transaction():
             known = await (await cursor.execute("SELECT 1 FROM sandbox.customers WHERE id = %s", (charge.customer_id,))).fetchone()
@@ -74,8 +73,8 @@ async def list_charges(idempotency_key: Annotated[str | None, Query()] = None) -
 @router.post("/payments/refunds", status_code=201)
 async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Response) -> Any:
     """Refund a charge in full, once per `Idempotency-Key`."""
+    fault = await take_fault_or_refuse("payments", refund.model_dump_json())
     async with pool().connection() as conn:
-        fault = await take_fault_or_refuse(conn, "payments", refund.model_dump_json())
         cursor = conn.cursor(row_factory=dict_row)
         async with conn.transaction():
             charge = await (await cursor.execute(
@@ -99,8 +98,8 @@ async def create_refund(refund: RefundCreate, key: IdempotencyKey, response: Res
 @router.post("/mail/messages", status_code=202)
 async def send_message(message: MessageCreate, key: IdempotencyKey) -> Any:
     """Send an email once per `Idempotency-Key`."""
+    fault = await take_fault_or_refuse("mail", message.model_dump_json())
     async with pool().connection() as conn:
-        fault = await take_fault_or_refuse(conn, "mail", message.model_dump_json())
         await conn.execute(
             """INSERT INTO sandbox.emails (message_id, idempotency_key, recipient, subject, body)
                VALUES (%s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
@@ -123,9 +122,9 @@ async def clear_faults() -> dict[str, int]:
         return {"cleared": cursor.rowcount}
 
 
-async def take_fault_or_refuse(conn: AsyncConnection, service: str, request_text: str) -> Fault | None:
+async def take_fault_or_refuse(service: str, request_text: str) -> Fault | None:
     """The fault this request meets, if any; an `unavailable` one refuses it with a 503 at once, a `reject` one with a 422."""
-    fault = await take_fault(conn, service, request_text)
+    fault = await take_fault(service, request_text)
     if fault and fault.kind == "unavailable":
         raise HTTPException(503, f"{service} unavailable (sandbox fault)", headers={"Retry-After": f"{fault.seconds:g}"})
     if fault and fault.kind == "reject":

@@ -31,7 +31,13 @@ class FaultKind(StrEnum):
     UNKNOWN_TOOL = "unknown_tool"
     BAD_FINAL = "bad_final"
     CUT_STREAM = "cut_stream"
-    """A streamed reply breaks off halfway: the connection drops after some of its chunks."""
+    """A streamed reply breaks off: the connection drops after some of its chunks (`chunks`, default half)."""
+    TRUNCATED_STREAM = "truncated_stream"
+    """A streamed reply ends early but cleanly, as far as HTTP goes: after `chunks` chunks (default
+    half) the body is closed properly, with no `finish_reason` and no `[DONE]`."""
+    HANG = "hang"
+    """The reply's headers go out, then nothing for `seconds` (an SSE comment every `keepalive`
+    seconds, if set), then the reply: a server that accepted the request and stopped answering."""
 
 
 class FaultSpec(BaseModel):
@@ -47,6 +53,8 @@ class FaultSpec(BaseModel):
     seconds: float = Field(default=0, ge=0)
     after: int = Field(default=0, ge=0, description="Let this many applicable requests pass first")
     probability: float = Field(default=1.0, gt=0, le=1, description="Apply to this share of requests, drawn per request")
+    chunks: int | None = Field(default=None, ge=0, description="cut_stream, truncated_stream: chunks sent before the cut (default half)")
+    keepalive: float = Field(default=0, ge=0, description="hang: seconds between SSE comments while it hangs (0: none)")
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,17 @@ def create_app() -> FastAPI:
             return _status_fault_response(status.spec)
         reply = shape_reply(next_reply(messages, chat.tools or []), faults, first_user)
         completion = _CompletionEnvelope(chat.model, _usage(messages, reply))
+        hang = faults.claim(FaultKind.HANG, first_user)
         if chat.stream:
             include_usage = bool((chat.stream_options or {}).get("include_usage"))
-            cut = faults.claim(FaultKind.CUT_STREAM, first_user) is not None
-            events = _sse_events(completion.chunks(reply, include_usage), cut=cut)
+            cut = faults.claim(FaultKind.CUT_STREAM, first_user)
+            truncated = faults.claim(FaultKind.TRUNCATED_STREAM, first_user)
+            events = _sse_events(list(completion.chunks(reply, include_usage)), cut=cut and cut.spec, truncated=truncated and truncated.spec)
+            if hang is not None:
+                events = _after_hang(hang.spec, ": keepalive\n\n", events)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if hang is not None:
+            return StreamingResponse(_after_hang(hang.spec, " ", _one(json.dumps(completion.body(reply)))), media_type="application/json")
         return JSONResponse(completion.body(reply))
 
     @app.get("/v1/models")
@@ -194,14 +200,35 @@ class _CompletionEnvelope:
                    "system_fingerprint": None, "choices": [], "usage": self.usage}
 
 
-async def _sse_events(chunks: Iterator[dict[str, Any]], *, cut: bool = False) -> AsyncIterator[str]:
-    listed = list(chunks)
-    for chunk in listed[: len(listed) // 2] if cut else listed:
+async def _sse_events(chunks: list[dict[str, Any]], *, cut: FaultSpec | None = None,
+                      truncated: FaultSpec | None = None) -> AsyncIterator[str]:
+    broken = cut or truncated
+    if broken is not None:
+        chunks = chunks[: len(chunks) // 2 if broken.chunks is None else broken.chunks]
+    for chunk in chunks:
         yield f"data: {json.dumps(chunk)}\n\n"
     if cut:
         await asyncio.sleep(0.05)  # let the client read what was sent before the connection drops
         raise ConnectionAbortedError("scripted fault: the stream was cut")
+    if truncated:
+        return  # the body ends properly: only the missing finish_reason and [DONE] tell
     yield "data: [DONE]\n\n"
+
+
+async def _after_hang(spec: FaultSpec, filler: str, body: AsyncIterator[str]) -> AsyncIterator[str]:
+    """`body`, once `spec.seconds` have passed with nothing but `filler` every `spec.keepalive` seconds.
+    The headers are already out: StreamingResponse sends them before it asks for the first piece."""
+    deadline = time.monotonic() + spec.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, spec.keepalive) if spec.keepalive else left)
+        if spec.keepalive and time.monotonic() < deadline:
+            yield filler
+    async for piece in body:
+        yield piece
+
+
+async def _one(text: str) -> AsyncIterator[str]:
+    yield text
 
 
 def _finish_reason(reply: OutgoingReply) -> str:

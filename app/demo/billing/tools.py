@@ -131,7 +131,7 @@ async def update_plan(ctx: ToolContext, customer_id: str, plan: str) -> dict[str
         customer_id: The customer's ID.
         plan: The name of the new plan, such as pro.
     """
-    fault = await take_fault(ctx.db, "plans", customer_id)
+    fault = await take_fault("plans", customer_id)
     if fault is not None:  # the demo's way to fail a run at this step and watch the rollback
         raise PermanentToolError(f"the plan service refused to change {customer_id}'s plan (sandbox fault)")
     row = await (await ctx.db.execute(

@@ -1,0 +1,55 @@
+"""Finishing a cancelled run: its open approvals are cancelled and its effects undone (`keel.rollback`).
+
+Keel's own cancel (`keel cancel`, `POST /v1/runs/{id}/cancel`) finishes the run at once. A run
+cancelled from outside Keel (`dbos workflow cancel`, `DBOSClient.cancel_workflow`) stops the same
+way, but nothing of Keel's hears of it: every worker looks for such runs at its heartbeat and
+finishes them, and `keel doctor` lists the ones not finished yet. The rollback's workflow
+(`<run>:rollback`) marks a finished cancel, and starting it twice starts it once, so several workers
+may race for a run."""
+
+import json
+import logging
+import time
+
+from steps import db, events
+from steps.approvals import cancel_pending_approvals
+from workflows.agent import agent_names
+from workflows.saga import start_rollback
+
+log = logging.getLogger("keel")
+
+RECENT_SECONDS = 7 * 24 * 3600.0
+"""How far back a heartbeat looks (older runs cancelled from outside are left to `keel doctor`):
+the search costs in proportion to the runs cancelled in this window, not to all runs ever."""
+
+UNFINISHED = """
+SELECT s.workflow_uuid, i.inputs FROM dbos.workflow_status s JOIN dbos.workflow_input i USING (workflow_uuid)
+WHERE s.status = 'CANCELLED' AND s.name = 'keel.agent_run' AND s.created_at > %s
+  AND NOT EXISTS (SELECT 1 FROM dbos.workflow_status r WHERE r.workflow_uuid = s.workflow_uuid || ':rollback')
+"""
+OUTSIDE = "cancelled outside Keel (by DBOS's cancel_workflow, e.g. `dbos workflow cancel`); its approvals are cancelled and its effects undone"
+
+
+async def finish_cancel(run_id: str, agent: str) -> None:
+    """After DBOS cancelled `run_id`: close its approval requests and undo its effects, newest first."""
+    await cancel_pending_approvals(run_id)
+    await start_rollback(run_id, agent, "cancelled")
+
+
+async def finish_outside_cancels(*, within: float = RECENT_SECONDS) -> list[str]:
+    """Finish the runs cancelled from outside Keel in the last `within` seconds; returns their IDs."""
+    since_ms = int((time.time() - within) * 1000)
+    async with db.pool().connection() as conn:
+        rows = await (await conn.execute(UNFINISHED, (since_ms,))).fetchall()
+    known = set(agent_names())
+    finished = []
+    for run_id, inputs in rows:
+        agent = json.loads(inputs)["positionalArgs"][0]["agent"]
+        if agent not in known:  # a worker that runs this agent finishes it
+            continue
+        await events.record(run_id, 0, "run_finished", {"status": "cancelled", "reason": "cancelled", "message": OUTSIDE})
+        await finish_cancel(run_id, agent)
+        finished.append(run_id)
+    if finished:
+        log.warning("finished %d run(s) cancelled outside Keel: %s", len(finished), ", ".join(finished))
+    return finished
