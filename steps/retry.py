@@ -1,7 +1,8 @@
 """How failures are classified, and the retry policy that acts on the classification.
 
-`classify` is the one place where errors from tools, `openai`, `httpx` and `psycopg` are mapped to
-transient (worth retrying), permanent, or ask-the-model. Only Keel retries: the `openai` client is
+`classify` is the one place where errors from tools, `openai`, `httpx`, `httpx2` and `psycopg` are
+mapped to transient (worth retrying), permanent, or ask-the-model. `httpx2` is the fork `openai` 3
+speaks HTTP with; a tool may bring either, and their errors share no class. Only Keel retries: the `openai` client is
 built with `max_retries=0` and DBOS steps with no retries, so every attempt is seen and recorded."""
 
 import asyncio
@@ -12,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
+import httpx2
 import openai
 import psycopg
 import pydantic
@@ -23,6 +25,8 @@ from steps.errors import ToolError, TransientToolError, UserError
 
 T = TypeVar("T")
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+HTTP_STATUS_ERRORS = (httpx.HTTPStatusError, httpx2.HTTPStatusError)
+TRANSPORT_ERRORS = (httpx.TransportError, httpx2.TransportError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,12 +114,12 @@ def classify(exc: BaseException) -> Failure:
         return Failure(kind=exc.kind, type=name, message=exc.message, retry_after=retry_after)
     if isinstance(exc, openai.APIStatusError):
         return _from_status(name, str(exc.message), exc.status_code, exc.response.headers)
-    if isinstance(exc, httpx.HTTPStatusError):
+    if isinstance(exc, HTTP_STATUS_ERRORS):
         response = exc.response
         return _from_status(name, f"{response.status_code} from {exc.request.url}", response.status_code, response.headers)
     if is_outage(exc):
         return Failure(kind="outage", type=name, message=str(exc) or name)
-    transient = (openai.APIConnectionError, httpx.TransportError, TimeoutError, IncompleteReply)
+    transient = (openai.APIConnectionError, *TRANSPORT_ERRORS, TimeoutError, IncompleteReply)
     if isinstance(exc, transient):
         return Failure(kind="transient", type=name, message=str(exc) or name)
     if isinstance(exc, pydantic.ValidationError):
@@ -123,7 +127,7 @@ def classify(exc: BaseException) -> Failure:
     return Failure(kind="permanent", type=name, message=str(exc) or name)
 
 
-def _from_status(name: str, message: str, status: int, headers: httpx.Headers) -> Failure:
+def _from_status(name: str, message: str, status: int, headers: httpx.Headers | httpx2.Headers) -> Failure:
     kind = "transient" if status in TRANSIENT_STATUSES else "permanent"
     return Failure(kind=kind, type=name, message=message, status=status, retry_after=parse_retry_after(headers.get("retry-after")))
 

@@ -73,9 +73,9 @@ def test_dbos_cli_lists_keel_runs(service: Worker, worker_env: dict[str, str]) -
 
 
 def test_keel_dbos_finds_the_database_from_any_directory(service: Worker, worker_env: dict[str, str], tmp_path: Path) -> None:
-    httpx.post(f"{service.url}/v1/runs", json={"agent": "probe", "input": "say elsewhere"}, headers={**service.headers, "Idempotency-Key": "keel-dbos-elsewhere"})
+    run_id = httpx.post(f"{service.url}/v1/runs", json={"agent": "probe", "input": "say elsewhere"}, headers=service.headers).json()["run_id"]
 
-    found = subprocess.run([str(BIN / "keel"), "dbos", "workflow", "get", "keel-dbos-elsewhere"], cwd=tmp_path, env=worker_env,
+    found = subprocess.run([str(BIN / "keel"), "dbos", "workflow", "get", run_id], cwd=tmp_path, env=worker_env,
                            capture_output=True, text=True, timeout=120)
 
     assert found.returncode == 0, found.stderr

@@ -68,9 +68,9 @@ async def test_gc_removes_ended_runs_everywhere_and_keeps_waiting_runs_and_busin
             await wait_for_approval(api, waiting)
             await api.post("/sandbox/faults", json={"service": "plans", "kind": "unavailable", "match": "C-8803", "times": 100})
             undone = await wait_for_run(api, await start(api, "billing", "Upgrade customer C-8803 to the pro plan"))
-            # Then every refund fails too: the next rollback gives up and waits for an operator.
+            # Then every refund is refused (a permanent failure): the next rollback waits for an operator.
             await api.post("/sandbox/faults", json={"service": "plans", "kind": "unavailable", "match": "C-8804", "times": 100})
-            await api.post("/sandbox/faults", json={"service": "payments", "kind": "unavailable", "match": "charge_id", "times": 1000})
+            await api.post("/sandbox/faults", json={"service": "payments", "kind": "reject", "match": "charge_id", "times": 1000})
             stuck = await wait_for_run(api, await start(api, "billing", "Upgrade customer C-8804 to the pro plan"), timeout=180)
 
             removed = gc(env)
