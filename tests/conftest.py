@@ -4,6 +4,7 @@ With `DATABASE_URL` set, the tests use that server; otherwise the embedded Postg
 `.keel/test`. Either way they create (and recreate) the database `keel_test` on it."""
 
 import asyncio
+import collections
 import itertools
 import os
 import time
@@ -50,7 +51,13 @@ PROCESS_FIXTURES = {"service", "start_worker", "model_url", "worker_env"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test gets one tier: `browser` and `fuzz` as their modules say, `process` if it starts real
-    processes (its fixtures say so, or its module), `unit` otherwise: `pytest -m unit` is the fast tier."""
+    processes (its fixtures say so, or its module), `unit` otherwise: `pytest -m unit` is the fast tier.
+
+    Two tests with one node ID are refused: pytest-xdist runs only one of them, and says nothing
+    (schemathesis's operations collapsed into one that way on pytest 9.2, so 18 of 19 went unfuzzed)."""
+    counts = collections.Counter(item.nodeid for item in items)
+    if shared := sorted(nodeid for nodeid, count in counts.items() if count > 1):
+        raise pytest.UsageError(f"tests share a node ID, so xdist would run only one of each: {shared}")
     for item in items:
         marked = [tier for tier in TIERS if item.get_closest_marker(tier)]
         if not marked:
