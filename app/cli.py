@@ -3,6 +3,8 @@
 import asyncio
 import json
 import logging
+import os
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +56,8 @@ def serve(fd: int | None, **options: Any) -> None:
         serve_one(settings, sock)
         return
     start_database(settings)
+    # A worker's call to the offline model may be accepted by any worker of the port: they must share its key.
+    os.environ.setdefault("KEEL_OFFLINE_MODEL_TOKEN", secrets.token_urlsafe(32))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # as uvicorn's lines, between the workers'
     sys.exit(Supervisor(sock, worker_children(settings, sock, given)).run())
 

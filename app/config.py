@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     """Where the demo's sandbox services live; absent: this service's own `/sandbox`."""
     demo_services_setting: bool | None = Field(None, alias="KEEL_DEMO_SERVICES")
     """`on`/`off`; unset: on only for the zero-config local run (see `demo_services`)."""
+    offline_model_token: SecretStr | None = Field(None, alias="KEEL_OFFLINE_MODEL_TOKEN")
+    """The key Keel's model client sends to the offline model; unset: a random one per process.
+    `keel serve` gives its workers one, since a worker's model call may reach any worker of the port."""
     agent_modules: str = Field("app.demo.billing", alias="KEEL_AGENT_MODULES")
     """Comma-separated modules imported at start-up; each defines `Agent`s."""
     failpoints: str = Field("", alias="KEEL_FAILPOINTS")

@@ -85,7 +85,7 @@ def mount(app: FastAPI, settings: Settings) -> str | None:
     app.mount("/sandbox", LoopbackOnly(payments))
     if not settings.offline:
         return None
-    token = secrets.token_urlsafe(32)
+    token = settings.offline_model_token.get_secret_value() if settings.offline_model_token else secrets.token_urlsafe(32)
     app.mount("/scripted", LoopbackOnly(scripted_model.create_app(), token_or_admin(settings, token)))
     return token
 

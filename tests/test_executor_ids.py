@@ -139,3 +139,25 @@ async def test_two_workers_behind_one_port_and_a_killed_one_comes_back_under_its
     for pid in second.values():  # stopping the supervisor stopped its workers
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_workers_behind_one_port_share_the_offline_model(
+        worker_env: dict[str, str], logs: Path, db: psycopg.AsyncConnection, customer: str) -> None:
+    # The zero-config `make run`: no model configured, so each worker mounts the offline model, and a
+    # worker's model call may be accepted by its sibling. Each worker once picked its own key, and a call
+    # that reached the other one failed its run (401, a permanent error). Twelve runs at once open several
+    # connections to the port, and the kernel hands each to either worker.
+    env = {k: v for k, v in worker_env.items() if not k.startswith("OPENAI_")}
+    server = Worker(env={**env, "KEEL_WORKERS": "2", "KEEL_EXECUTOR_ID": "offline-pair", "KEEL_QUEUE": "runs-offline-pair"},
+                    log=logs / "offline-pair.log").start()
+    try:
+        assert await executor_ids_answering(server, {"offline-pair/1", "offline-pair/2"}) == {"offline-pair/1", "offline-pair/2"}
+        async with server.client(timeout=30) as client:
+            started = [(await client.post("/v1/runs", json={"agent": "billing", "input": f"Upgrade customer {customer} to the pro plan"})).json()["run_id"]
+                       for _ in range(12)]
+            runs = await asyncio.gather(*(wait_for_run(client, run_id, timeout=120) for run_id in started))
+    finally:
+        server.stop()
+
+    assert [(run["status"], run["error"]) for run in runs] == [("succeeded", None)] * 12
+    assert await fetch_value(db, "SELECT count(*) FROM sandbox.payments WHERE customer_id = %s", customer) == 12  # one charge per run
