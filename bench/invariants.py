@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 
+from steps.run_status import ENDED
+
 PRICES = {"pro": 4900, "enterprise": 49900}
 EFFECTS = """
 SELECT c.id, c.plan,
@@ -100,7 +102,7 @@ def check(url: str, keys: list[str], mix: list[tuple[str, str, str]]) -> dict[st
         "compensated": statuses.count("compensated"),
         "failed": statuses.count("failed"),
         "compensation_failed": statuses.count("compensation_failed"),
-        "pending": sum(1 for s in statuses if s not in ("succeeded", "compensated", "failed", "compensation_failed", "cancelled")),
+        "pending": sum(1 for s in statuses if s not in ENDED),
         "lost": len(set(keys) - set(runs)),
         "duplicate_effects": duplicates,
         "effects_without_ledger_outcome": sum(gap[0] for gap in ledger_gaps.values()),

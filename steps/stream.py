@@ -16,12 +16,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from steps import db, ids
+from steps import db, dbos_seam, ids
 
 OTHER_WORKFLOW = 2**31 - 1
 """`function_id` of rows written by a run's undo calls: above any step, so a fork never copies them."""
 
-NEXT_OFFSET = """(SELECT coalesce(max("offset"), -1) + 1 FROM dbos.streams WHERE workflow_uuid = %(feed)s AND key = 'keel')"""
+KEY = "keel"
+NEXT_OFFSET = dbos_seam.next_stream_offset("%(feed)s", KEY)
 
 RECORD_EVENT = f"""
 WITH event AS (
@@ -30,14 +31,14 @@ WITH event AS (
     ON CONFLICT (run_id, step_id, kind, attempt) DO NOTHING
     RETURNING id
 )
-INSERT INTO dbos.streams (workflow_uuid, key, value, "offset", function_id, serialization)
-SELECT %(feed)s, 'keel', json_build_object('event', event.id)::text, {NEXT_OFFSET}, %(function_id)s, 'portable_json' FROM event
+{dbos_seam.STREAM_APPEND}
+SELECT %(feed)s, '{KEY}', json_build_object('event', event.id)::text, {NEXT_OFFSET}, %(function_id)s, '{dbos_seam.STREAM_SERIALIZATION}' FROM event
 WHERE EXISTS (SELECT 1 FROM dbos.workflow_status WHERE workflow_uuid = %(feed)s)  -- a feed belongs to a workflow (the ledger's own tests have none)
 """
 
 PUBLISH_TOKENS = f"""
-INSERT INTO dbos.streams (workflow_uuid, key, value, "offset", function_id, serialization)
-VALUES (%(feed)s, 'keel', %(value)s, {NEXT_OFFSET}, %(function_id)s, 'portable_json')
+{dbos_seam.STREAM_APPEND}
+VALUES (%(feed)s, '{KEY}', %(value)s, {NEXT_OFFSET}, %(function_id)s, '{dbos_seam.STREAM_SERIALIZATION}')
 """
 
 

@@ -24,6 +24,7 @@ from app.auth import ROLES, create_key
 from app.database import psycopg_conninfo, start_embedded_postgres, stop_embedded_postgres
 from app.schema import migrate
 from steps import db as steps_db
+from steps.run_status import ENDED
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -38,7 +39,6 @@ WORKER_MODULES = "app.demo.billing,tests.agents"
 AGENT_MODULES = ",".join([*DEMO_MODULES.values(), "tests.agents", "tests.framework_agents"])
 """What the shared worker loads. A worker a test starts loads `WORKER_MODULES` (importing the frameworks
 doubles a worker's start-up), plus `with_demo(agent)` where it runs a framework's demo."""
-TERMINAL = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 _customers = itertools.count(1)
 
 
@@ -220,7 +220,7 @@ async def wait_for_run(client: httpx.AsyncClient, run_id: str, timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = await client.get(f"/v1/runs/{run_id}")
-        if response.status_code == 200 and response.json()["status"] in TERMINAL:
+        if response.status_code == 200 and response.json()["status"] in ENDED:
             return response.json()
         await asyncio.sleep(0.1)
     raise AssertionError(f"run {run_id} did not finish in {timeout}s: {response.text}")

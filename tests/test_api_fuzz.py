@@ -19,6 +19,7 @@ from schemathesis import GenerationMode
 
 from app.config import Settings
 from app.main import create_app
+from steps.run_status import ENDED
 from tests.conftest import TEST_DATABASE, WORKER_MODULES, fresh_database, make_key
 from tests.processes import Worker
 
@@ -69,7 +70,6 @@ def seed_runs(api: httpx.Client, url: str) -> None:
     wait_until(api, forked, ENDED | {"awaiting_approval"})
 
 
-ENDED = {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 
 
 def wait_until(api: httpx.Client, run_id: str, statuses: set[str], timeout: float = 120) -> str:

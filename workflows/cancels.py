@@ -13,6 +13,7 @@ import time
 
 from steps import db, events
 from steps.approvals import cancel_pending_approvals
+from steps.run_status import Reason, RunStatus
 from workflows.agent import agent_names
 from workflows.saga import start_rollback
 
@@ -47,7 +48,7 @@ async def finish_outside_cancels(*, within: float = RECENT_SECONDS) -> list[str]
         agent = json.loads(inputs)["positionalArgs"][0]["agent"]
         if agent not in known:  # a worker that runs this agent finishes it
             continue
-        await events.record(run_id, 0, "run_finished", {"status": "cancelled", "reason": "cancelled", "message": OUTSIDE})
+        await events.record(run_id, 0, "run_finished", {"status": RunStatus.CANCELLED, "reason": Reason.CANCELLED, "message": OUTSIDE})
         await finish_cancel(run_id, agent)
         finished.append(run_id)
     if finished:

@@ -11,6 +11,7 @@ from psycopg.rows import dict_row
 from steps import db
 from steps.errors import RunFailed
 from steps.llm import ModelRequest
+from steps.run_status import REPLAYED_TO_THE_END
 from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
 from workflows.agent_loop import AgentRun
@@ -107,7 +108,7 @@ async def replay_run(run_id: str, agent: Agent | None = None) -> dict[str, Any]:
         cursor = conn.cursor(row_factory=dict_row)
         steps = await (await cursor.execute(RECORDED_STEPS, (run_id,))).fetchall()
         events = {(e["step_id"], e["kind"]): e["payload"] for e in await (await cursor.execute(RECORDED_EVENTS, (run_id,))).fetchall()}
-    finished = run["status"] in ("succeeded", "failed", "compensated", "compensation_failed")
+    finished = run["status"] in REPLAYED_TO_THE_END
     ops = RecordedOperations(steps, events, finished)
     replay = AgentRun(agent or get_agent(run["agent"]), ops, **await fork_overrides(run_id))
     divergence, outcome = None, None

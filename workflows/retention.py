@@ -21,14 +21,14 @@ from datetime import timedelta
 
 import psycopg
 
-from steps import db
+from steps import db, dbos_seam
 from steps.ids import rollback_id
 
 log = logging.getLogger("keel")
 LOCK = "keel.gc"
 BATCH = 500
 
-ENDED = ["SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"]
+ENDED = list(dbos_seam.DBOS_ENDED)
 # Runs that ended before the cutoff, oldest first, of which no fork is still going; locked, so a
 # concurrent resume waits for this transaction (or this one skips the run).
 CANDIDATES = """

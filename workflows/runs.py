@@ -12,6 +12,7 @@ from steps import db, ids, stream
 from steps.approvals import get_approval
 from steps.compensations import list_compensations
 from steps.errors import UserError
+from steps.run_status import ENDED, FINISHED, UNCANCELLABLE
 from workflows import run_queue
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
@@ -39,8 +40,6 @@ STATUS_CANDIDATES = {
 `keel.runs`' status CASE): a status filter narrows to it first, so a page of a rare status does not
 compute the status of every run. `tests/test_run_listing.py` holds it to the view."""
 
-ENDED = ("succeeded", "failed", "compensated", "compensation_failed", "cancelled")
-"""States a run rests in: finished, or (`compensation_failed`) waiting for an operator's `keel compensate`."""
 
 
 class IdempotencyConflict(UserError):
@@ -111,7 +110,7 @@ async def get_run(run_id: str) -> dict[str, Any]:
 async def cancel_run(run_id: str) -> dict[str, Any]:
     """Stop a run and undo its effects; the run ends `cancelled`. Cancelling twice is a no-op."""
     run = await get_run(run_id)
-    if run["status"] in ("succeeded", "failed", "compensated"):
+    if run["status"] in UNCANCELLABLE:
         raise RunConflict(f"run {run_id} already ended: {run['status']}")
     await DBOS.cancel_workflow_async(run_id)
     await finish_cancel(run_id, run["agent"])
@@ -142,7 +141,7 @@ async def fork_run(run_id: str, from_step: int, *, model: str | None = None, ins
 async def resume_run(run_id: str) -> dict[str, Any]:
     """Hand a stopped run (dead-lettered, or pending on a worker that is gone) to any live worker."""
     run = await get_run(run_id)
-    if run["status"] in ("succeeded", "failed", "compensated", "cancelled"):
+    if run["status"] in FINISHED:
         raise RunConflict(f"run {run_id} already ended: {run['status']}")
     await DBOS.resume_workflow_async(run_id, queue_name=run_queue.current().name)
     return await get_run(run_id)

@@ -19,9 +19,8 @@ import socket
 from dataclasses import dataclass, field
 
 from dbos import DBOS
-from dbos._dbos import _get_dbos_instance
 
-from steps import db
+from steps import db, dbos_seam
 from workflows import run_queue
 
 log = logging.getLogger("keel")
@@ -60,7 +59,7 @@ async def take_over_dead_workers(executor_id: str, stale_after: float) -> list[s
 def running_here() -> set[str]:
     """Workflows this process is executing (or awaiting: a run waiting for an approval is one).
     DBOS has no public API for this; its registry of active workflows is the truth."""
-    return set(_get_dbos_instance()._active_workflows_set.activeList())
+    return dbos_seam.active_workflows()
 
 
 @dataclass

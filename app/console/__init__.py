@@ -30,6 +30,7 @@ from app.routers.runs import decode_cursor, encode_cursor
 from app.schemas import APPROVAL_ID_PATTERN, ApprovalDecision, RunCreate
 from steps import db, ids
 from steps.ids import READABLE_RUN_ID
+from steps.run_status import STATUSES
 from workflows import (
     ApprovalConflict,
     ApprovalNotFound,
@@ -48,7 +49,6 @@ from workflows import (
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"console.css": "text/css", "timeline.js": "text/javascript"}
-STATUSES = ["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "cancelled"]
 PAGE_SIZE = 25
 MAX_KEY_CHARS = 200
 

@@ -27,12 +27,12 @@ from app.schemas import (
     Timestamp,
     errors,
 )
+from steps.run_status import STATUSES
 from workflows import cancel_run, follow_run, fork_run, get_events, get_run, list_runs, replay_run, resume_run, retry_failed_compensations, start_run
 
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN)]
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=V1_ERRORS, dependencies=[Depends(authenticate)])
-RunStatus = Literal["queued", "running", "awaiting_approval", "succeeded", "failed", "compensating", "compensated",
-                    "compensation_failed", "cancelled"]
+StatusFilter = Literal[tuple(STATUSES)]  # a Literal, not the enum: the OpenAPI schema names the values inline
 
 
 @router.post("", status_code=202, response_model=RunStarted, responses=errors(429))
@@ -142,7 +142,7 @@ async def compensate(run_id: RunId, principal: Annotated[Principal, require("sub
 @router.get("", response_model=RunPage, responses=errors(400))
 async def read_runs(
     # Optional parameters are typed without None, so the document does not offer `null` (a query string cannot carry it).
-    status: RunStatus = None,  # type: ignore[assignment]
+    status: StatusFilter = None,  # type: ignore[assignment]
     agent: Annotated[str, Query(max_length=200, pattern=NO_NUL)] = None,  # type: ignore[assignment]
     created_after: Annotated[Timestamp, Query(description="Runs created at or after this time (ISO 8601, with a zone)")] = None,  # type: ignore[assignment]
     created_before: Annotated[Timestamp, Query(description="Runs created before this time")] = None,  # type: ignore[assignment]

@@ -12,6 +12,7 @@ import psycopg
 from sqlalchemy import event
 
 from bench.suite.harness import Harness
+from steps import dbos_seam
 
 BACKGROUND = ("queue", "notification", "listener", "scheduler", "heartbeat")
 WRITES = re.compile(r"^\s*(INSERT|UPDATE|DELETE|WITH\b.*\b(INSERT|UPDATE|DELETE)\b)", re.IGNORECASE | re.DOTALL)
@@ -81,10 +82,8 @@ class Census:
 
 async def count(harness: Harness, variant: str, prompt: str, runs: int) -> dict[str, Any]:
     """Per run: statements (by sender and text), transactions, writing transactions, DBOS pool checkouts."""
-    from dbos._dbos import _get_dbos_instance
-
     census = Census()
-    census.install(_get_dbos_instance()._sys_db.engine)
+    census.install(dbos_seam.system_database_engine())
     try:
         for _ in range(runs):
             await harness.variants[variant](prompt)
