@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     queue: str = Field("keel_runs", alias="KEEL_QUEUE", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     """The DBOS queue this worker takes runs from; the workers of one pool share it."""
     worker_concurrency: int | None = Field(None, alias="KEEL_WORKER_CONCURRENCY", ge=1)
-    """Runs one worker executes at once, waiting ones (for an approval, a sleep) included; unset: no limit.
+    """Runs one worker works on at once (one waiting for an approval or a sleep leaves its slot); unset: no limit.
     DBOS keeps it with the queue, in `dbos.queues`."""
     global_concurrency: int | None = Field(None, alias="KEEL_GLOBAL_CONCURRENCY", ge=1)
     """Runs all workers of the queue execute at once; unset: no limit."""

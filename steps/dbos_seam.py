@@ -4,6 +4,9 @@ file and running tests/test_dbos_seam.py, which holds each assumption to the pin
 In Python (nothing outside this module imports `dbos._*`; tests/test_layers.py checks):
 - `active_workflows`: DBOS's registry of the workflows this process executes (`_active_workflows_set`);
   DBOS has no public API for it. The orphan watch (workflows/workers.py) compares it with PENDING rows.
+- `off_the_queue`: while a run waits on a person or a timer, its entry in that registry leaves its queue's
+  bucket, which is what DBOS counts against the queue's `worker_concurrency`
+  (`ActiveWorkflowById.count_for_queue`), so waiting runs do not starve runs that could work.
 - `system_database_engine`: DBOS's SQLAlchemy engine, for the bench's statement census only.
 - `migration_versions`: DBOS's own schema migrations, to tell whether its tables are at head (app/schema.py).
 - Writing DBOS streams from SQL (`STREAM_APPEND`, `next_stream_offset`): steps/stream.py appends a run's
@@ -23,6 +26,8 @@ are the contract, `DBOS_TABLES` lists them and the contract test checks they exi
   the `keel.runs` view (model-call checkpoints).
 - `dbos.streams`: steps/stream.py, through the names below."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +66,27 @@ def next_stream_offset(workflow: str, key: str) -> str:
 def active_workflows() -> set[str]:
     """Workflows this process is executing (or awaiting: a run waiting for an approval is one)."""
     return set(_get_dbos_instance()._active_workflows_set.activeList())
+
+
+@contextmanager
+def off_the_queue(workflow_id: str) -> Iterator[None]:
+    """While inside, DBOS does not count workflow `workflow_id` (running here) against its queue's
+    `worker_concurrency`: the worker may dequeue another run in its place. On leaving it counts again,
+    at once (the worker may be over its bound until runs end; it dequeues nothing meanwhile)."""
+    registry = _get_dbos_instance()._active_workflows_set
+    with registry._lock:
+        buckets = registry._m.get(workflow_id, [])
+        bucket = next((b for b in buckets if b is not None), None)
+        if bucket is not None:
+            buckets[buckets.index(bucket)] = None
+    try:
+        yield
+    finally:
+        if bucket is not None:
+            with registry._lock:  # before DBOS releases the entry, which removes this bucket (unless it parked the execution already)
+                buckets = registry._m.get(workflow_id, [])
+                if None in buckets:
+                    buckets[buckets.index(None)] = bucket
 
 
 def system_database_engine() -> Any:

@@ -20,6 +20,17 @@ async def waits() -> str:
     return await DBOS.recv_async("go", timeout_seconds=60)
 
 
+@DBOS.workflow(name="seam.waits_off_the_queue")
+async def waits_off_the_queue() -> str:
+    with dbos_seam.off_the_queue(DBOS.workflow_id or ""):
+        return await DBOS.recv_async("go", timeout_seconds=60)
+
+
+@DBOS.workflow(name="seam.answers")
+async def answers() -> str:
+    return "answered"
+
+
 @DBOS.workflow(name="seam.streams")
 async def streams() -> None:
     await DBOS.write_stream_async(stream.KEY, {"token": "from dbos"})
@@ -47,6 +58,23 @@ async def test_the_registry_of_active_workflows_holds_a_running_one(dbos) -> Non
     await DBOS.send_async(handle.workflow_id, "done", "go")
     assert await handle.get_result() == "done"
     assert handle.workflow_id not in dbos_seam.active_workflows()
+
+
+async def test_a_workflow_waiting_off_the_queue_leaves_its_slot_to_another(dbos) -> None:
+    await DBOS.register_queue_async("seam.one_at_a_time", worker_concurrency=1, polling_interval_sec=0.1)
+    queue = await DBOS.retrieve_queue_async("seam.one_at_a_time")
+    assert queue is not None
+    waiting = await queue.enqueue_async(waits_off_the_queue)
+    for _ in range(100):
+        if waiting.workflow_id in dbos_seam.active_workflows():
+            break
+        await asyncio.sleep(0.05)
+    second = await queue.enqueue_async(answers)
+    answered = await asyncio.wait_for(second.get_result(), timeout=20)  # the queue's one slot was free
+    await DBOS.send_async(waiting.workflow_id, "done", "go")
+    assert answered == "answered"
+    assert await waiting.get_result() == "done"
+    assert waiting.workflow_id not in dbos_seam.active_workflows()  # the entry came back to be released
 
 
 async def test_read_stream_reads_the_rows_keel_writes_between_dbos_own(dbos) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from dbos import DBOS
 
 from steps import ids
+from steps.dbos_seam import off_the_queue
 from steps.approvals import get_approval, list_approvals, record_decision, request_approval_step, settle_approval_step, undelivered_decisions
 from steps.tools import ApprovalPolicy
 
@@ -29,7 +30,8 @@ async def await_approval(name: str, policy: ApprovalPolicy, arguments: dict[str,
         return NOT_NEEDED
     escalations_left = 1 if policy.on_expire == "escalate" else 0
     while True:
-        await DBOS.recv_async(topic=request["approval_id"], timeout_seconds=policy.timeout)
+        with off_the_queue(DBOS.workflow_id or ""):  # a run waiting on a person does not hold a worker's slot
+            await DBOS.recv_async(topic=request["approval_id"], timeout_seconds=policy.timeout)
         outcome = await settle_approval_step(request["approval_id"], escalate=escalations_left > 0, timeout=policy.timeout)
         if outcome["status"] != "pending":
             return outcome

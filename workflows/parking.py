@@ -14,6 +14,7 @@ from typing import Any
 
 from dbos import DBOS
 
+from steps.dbos_seam import off_the_queue
 from steps.events import record_step
 from steps.retry import REFUSED
 
@@ -57,7 +58,8 @@ async def call_parking(call: StepCall, what: str, parking: Parking = FORWARD, on
         if on_park is not None:
             await on_park(outcome, wait)
         await record_step("parked", {"waiting_for": what, "error": outcome["error"], "seconds": wait})
-        await DBOS.sleep_async(wait)
+        with off_the_queue(DBOS.workflow_id or ""):  # nor does one waiting on a timer
+            await DBOS.sleep_async(wait)
         kind = outcome["error"]["kind"]
         parks += kind != "rate_limited"
         waited += wait

@@ -14,8 +14,8 @@ from dbos import DBOS
 class RunQueue:
     name: str = "keel_runs"
     worker_concurrency: int | None = None
-    """Runs one worker executes at once, those waiting for an approval or a durable sleep included
-    (so a bound here also bounds how many approvals a worker can wait for); None: no bound."""
+    """Runs one worker works on at once; a run waiting for an approval or a durable sleep gives its slot
+    back while it waits (`steps.dbos_seam.off_the_queue`); None: no bound."""
     global_concurrency: int | None = None
     """Runs all the queue's workers execute at once; None: no limit."""
     polling_interval: float = 0.1
