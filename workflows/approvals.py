@@ -10,8 +10,8 @@ from typing import Any
 from dbos import DBOS
 
 from steps import ids
-from steps.dbos_seam import off_the_queue
 from steps.approvals import get_approval, list_approvals, record_decision, request_approval_step, settle_approval_step, undelivered_decisions
+from steps.dbos_seam import off_the_queue
 from steps.tools import ApprovalPolicy
 
 __all__ = ["await_approval", "decide", "get_approval", "list_approvals", "redeliver_decisions"]
