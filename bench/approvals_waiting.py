@@ -18,9 +18,10 @@ from sqlalchemy.engine import make_url
 
 from app.database import psycopg_conninfo, start_embedded_postgres
 from app.schema import migrate
+from bench.names import bench_database
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 
-DATABASE = "keel_bench"
+DATABASE = bench_database()
 
 
 def fresh_database() -> str:

@@ -18,10 +18,11 @@ from sqlalchemy.engine import make_url
 
 from app.database import psycopg_conninfo
 from app.schema import migrate
+from bench.names import bench_database
 from tests.processes import ROOT, Worker, start_scripted_model, stop
 from workflows.retention import collect
 
-DATABASE = "keel_bench_retention"
+DATABASE = bench_database("_retention")
 SIZES = """
 SELECT n.nspname, sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('dbos', 'keel') AND c.relkind = 'r' GROUP BY n.nspname ORDER BY n.nspname

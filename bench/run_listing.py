@@ -13,12 +13,14 @@ from pathlib import Path
 
 import psycopg
 
-from app.database import migrate, psycopg_conninfo
+from app.database import psycopg_conninfo
 from app.routers.metrics import COMPENSATIONS, RUNS
+from app.schema import migrate
+from bench.names import bench_database
 from bench.suite.setup import fresh_database
 from workflows.runs import COLUMNS, STATUS_CANDIDATES
 
-DATABASE = "keel_bench_listing"
+DATABASE = bench_database("_listing")
 SEED = Path(__file__).parent / "sql" / "synthetic_runs.sql"
 PAGE = f"SELECT {COLUMNS} FROM keel.runs WHERE true {{}} ORDER BY created_at DESC, run_id DESC LIMIT 50"
 QUERIES = {

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 from app.database import psycopg_conninfo
+from bench.names import bench_database
 from bench.retention import add_customers, fresh_database, run_all, service_env
 from tests.processes import Worker, start_scripted_model, stop
 
 
 async def throughput(workers: int, runs: int, concurrency: int, model_url: str, logs: Path) -> float:
-    url = fresh_database(f"keel_bench_serve_{workers}")
+    url = fresh_database(bench_database(f"_serve_{workers}"))
     customers = add_customers(psycopg_conninfo(url), runs)
     env = service_env(url, model_url, KEEL_EXECUTOR_ID=f"serve-{workers}", KEEL_WORKERS=str(workers),
                       KEEL_WORKER_CONCURRENCY=str(concurrency))

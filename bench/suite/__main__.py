@@ -5,7 +5,8 @@
     python -m bench.suite --only overhead,commits --rounds 3
 
 PostgreSQL: BENCH_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres); the suite drops
-and creates its own databases keel_bench, keel_bench_lg and keel_bench_recovery there."""
+and creates its own databases keel_bench, keel_bench_lg and keel_bench_recovery there (BENCH_DATABASE_PREFIX
+replaces keel_bench)."""
 
 import argparse
 import asyncio

@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.suite import variants as v
 from bench.suite.model import ScriptedModel
-from bench.suite.setup import LANGGRAPH_DB, KeelProcess, conninfo, fresh_database, prepare_keel_database
+from bench.suite.setup import KEEL_DB, LANGGRAPH_DB, KeelProcess, conninfo, fresh_database, prepare_keel_database
 
 Run = Callable[[str], Awaitable[Any]]
 AGENT_14 = "tools=7"
@@ -25,7 +25,7 @@ class Harness:
         self.variants: dict[str, Run] = {}
 
     async def start(self) -> None:
-        print("setting up databases keel_bench and keel_bench_lg, launching Keel (in-process), LangGraph and Temporal", flush=True)
+        print(f"setting up databases {KEEL_DB} and {LANGGRAPH_DB}, launching Keel (in-process), LangGraph and Temporal", flush=True)
         url = await asyncio.to_thread(prepare_keel_database)
         await asyncio.to_thread(fresh_database, LANGGRAPH_DB)
         v.MODEL["client"] = self.model.client()

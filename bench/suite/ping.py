@@ -9,9 +9,10 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
+from bench.names import bench_database
 from bench.suite.setup import conninfo, fresh_database
 
-DB = "keel_bench_ping"
+DB = bench_database("_ping")
 
 
 def stat() -> tuple[int, int]:

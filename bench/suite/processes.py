@@ -15,10 +15,11 @@ from typing import Any
 import psycopg
 
 from app.schema import migrate
+from bench.names import bench_database
 from bench.suite.setup import conninfo, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
-RECOVERY_DB = "keel_bench_recovery"
+RECOVERY_DB = bench_database("_recovery")
 
 
 def pool_timeouts(log: Path) -> int:

@@ -14,13 +14,14 @@ from app.config import Settings
 from app.database import psycopg_conninfo
 from app.main import dbos_config
 from app.schema import migrate
+from bench.names import bench_database
 from bench.suite.model import ScriptedModel
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
 
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-KEEL_DB = "keel_bench"
-LANGGRAPH_DB = "keel_bench_lg"
+KEEL_DB = bench_database()
+LANGGRAPH_DB = bench_database("_lg")
 
 
 def url_of(database: str) -> str:
