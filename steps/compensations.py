@@ -1,5 +1,6 @@
 """`keel.compensations`: which effects of a run are undone, waiting to be, or cannot be."""
 
+import asyncio
 from typing import Any
 
 from dbos import DBOS
@@ -13,16 +14,20 @@ EFFECTS = """
 SELECT idempotency_key, tool, arguments, result FROM keel.tool_calls
 WHERE run_id = %s AND status = 'succeeded' AND reused_from IS NULL  -- a fork's reused outcome is its origin's effect
 ORDER BY completed_at DESC, step_id DESC
-FOR UPDATE
+FOR UPDATE  -- and a `ctx.db` transaction still open on one of them
 """
+IN_FLIGHT = "SELECT 1 FROM keel.tool_calls WHERE run_id = %s AND status = 'started' AND lease_expires_at > now() LIMIT 1"
 
 
 @DBOS.step(name="keel.compensation_plan", **OUTAGE_RETRIES)
 async def plan_compensations_step(run_id: str, compensable: list[str], irreversible: list[str]) -> list[dict[str, Any]]:
     """The run's effects to undo, newest first, numbered from 1; irreversible ones are listed too.
 
-    Locking the run's ledger rows waits for a tool call still in flight (a cancelled run's last
-    step), so its effect is in the plan."""
+    It first waits for a tool call still in flight (a cancelled run's last step) to release its
+    lease (`steps.ledger`), so its effect is in the plan."""
+    async with db.pool().connection() as conn:
+        while await (await conn.execute(IN_FLIGHT, (run_id,))).fetchone():
+            await asyncio.sleep(0.1)
     plan: list[dict[str, Any]] = []
     async with db.pool().connection() as conn, conn.transaction():
         cursor = conn.cursor(row_factory=dict_row)

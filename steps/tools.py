@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from steps.errors import UserError
@@ -21,6 +21,24 @@ ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
 
 
 DepsT = TypeVar("DepsT")
+
+
+class ToolDatabase:
+    """`ctx.db`: the tool's transaction in Keel's database, opened on first use.
+
+    Writes made here commit in the same transaction as the call's outcome, so they happen exactly
+    once; a tool that never uses it holds no connection while it runs. `await ctx.db.execute(...)`
+    (psycopg's `AsyncConnection.execute`), or `await ctx.db.connection()` for the connection itself
+    (cursors, `dict_row`). Do not commit or leave the transaction: the ledger ends it."""
+
+    def __init__(self, open_transaction: Callable[[], Awaitable[AsyncConnection]]) -> None:
+        self._open = open_transaction
+
+    async def connection(self) -> AsyncConnection:
+        return await self._open()
+
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncCursor:
+        return await (await self._open()).execute(query, params, **kwargs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,8 +52,9 @@ class ToolContext(Generic[DepsT]):
     tool_call_id: str
     idempotency_key: str
     attempt: int
-    db: AsyncConnection
-    """The ledger's transaction: writes made here commit exactly once, with the call's outcome."""
+    db: ToolDatabase
+    """The call's own transaction, opened on first use: writes made here commit exactly once, with
+    the call's outcome (see `ToolDatabase`)."""
     deps: DepsT
 
 
