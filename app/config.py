@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     undo_retry_budget: float = Field(24 * 3600.0, alias="KEEL_UNDO_RETRY_BUDGET", gt=0)
     """Seconds an undo may spend waiting to try again after transient failures; its next failure after that is final."""
     db_pool_size: int = Field(10, alias="KEEL_DB_POOL_SIZE", ge=2)
-    """Connections for the ledger and events; a tool call holds one while it runs."""
+    """Connections for the ledger and events; a running tool holds one only while it uses `ctx.db`."""
     max_body_bytes: int = Field(1_048_576, alias="KEEL_MAX_BODY_BYTES", ge=1024)
     """Larger request bodies are refused with 413."""
     startup_timeout: float = Field(120.0, alias="KEEL_STARTUP_TIMEOUT", gt=0)

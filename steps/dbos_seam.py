@@ -7,6 +7,8 @@ In Python (nothing outside this module imports `dbos._*`; tests/test_layers.py c
 - `off_the_queue`: while a run waits on a person or a timer, its entry in that registry leaves its queue's
   bucket, which is what DBOS counts against the queue's `worker_concurrency`
   (`ActiveWorkflowById.count_for_queue`), so waiting runs do not starve runs that could work.
+- `act_as_executor`: a process that runs Keel's steps without launching DBOS (tests/lease_holder.py)
+  sets the ID `DBOS.executor_id` answers (`GlobalParams.executor_id`).
 - `system_database_engine`: DBOS's SQLAlchemy engine, for the bench's statement census only.
 - `migration_versions`: DBOS's own schema migrations, to tell whether its tables are at head (app/schema.py).
 - Writing DBOS streams from SQL (`STREAM_APPEND`, `next_stream_offset`): steps/stream.py appends a run's
@@ -34,6 +36,7 @@ from typing import Any
 from dbos import WorkflowStatusString
 from dbos._dbos import _get_dbos_instance
 from dbos._migration import get_migration_versions
+from dbos._utils import GlobalParams
 
 DBOS_TABLES = {
     "workflow_status": {"workflow_uuid", "status", "name", "executor_id", "queue_name", "recovery_attempts", "parent_workflow_id",
@@ -87,6 +90,10 @@ def off_the_queue(workflow_id: str) -> Iterator[None]:
                 buckets = registry._m.get(workflow_id, [])
                 if None in buckets:
                     buckets[buckets.index(None)] = bucket
+
+
+def act_as_executor(executor_id: str) -> None:
+    GlobalParams.executor_id = executor_id
 
 
 def system_database_engine() -> Any:

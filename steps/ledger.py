@@ -249,12 +249,13 @@ class Call:
                     await self._write_outcome(effects, outcome, token)
                 except BaseException as error:
                     await effects.close(error)
-                    if isinstance(error, LeaseLost):
-                        return None
-                    if isinstance(error, Exception):  # the next attempt need not wait for the lease to expire
-                        async with db.pool().connection() as conn:
-                            await conn.execute(RELEASE, (self.key, token))
                     raise
+        except LeaseLost:
+            return None
+        except Exception:  # the tool failed, or its open circuit refused it: the next attempt need not wait for the lease to expire
+            async with db.pool().connection() as conn:
+                await conn.execute(RELEASE, (self.key, token))
+            raise
         finally:
             heartbeat.cancel()
         return outcome

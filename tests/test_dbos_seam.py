@@ -101,3 +101,12 @@ def test_the_tables_and_columns_keel_names_exist(database_url: str) -> None:
 
 def test_the_statuses_keel_names_are_dbos_statuses() -> None:
     assert set(dbos_seam.DBOS_ENDED) | {"PENDING", "ENQUEUED", "DELAYED"} <= dbos_seam.DBOS_STATUSES
+
+
+def test_a_process_without_dbos_can_act_as_an_executor() -> None:
+    before = DBOS.executor_id
+    try:
+        dbos_seam.act_as_executor("seam-acting")
+        assert DBOS.executor_id == "seam-acting"
+    finally:
+        dbos_seam.act_as_executor(before)
