@@ -79,8 +79,8 @@ def ensure_database(url: str) -> None:
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 log.info("created database %s", name)
-            except psycopg.errors.DuplicateDatabase:  # another process starting at the same moment made it
-                pass
+            except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                pass  # another process starting at the same moment made it (two CREATEs in flight meet pg_database's unique index)
 
 
 def psycopg_conninfo(url: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from alembic import command
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from app.database import psycopg_conninfo
+from app.database import ensure_database, psycopg_conninfo
 from app.schema import alembic_config, migrate, schema_version
 from tests.conftest import TEST_DATABASE, wait_for_approval, wait_for_run
 from tests.processes import KEEL, ROOT, Worker, free_port, stop
@@ -65,6 +66,15 @@ async def ready(url: str, process: subprocess.Popen, timeout: float = 180) -> in
             except httpx.TransportError:
                 await asyncio.sleep(0.2)
     raise AssertionError(f"{url} never answered")
+
+
+def test_processes_creating_one_missing_database_at_once_all_succeed(empty_database: Callable[..., str]) -> None:
+    # Two CREATE DATABASE in flight meet pg_database's unique index (UniqueViolation, not DuplicateDatabase):
+    # a `keel migrate` that lost that race exited 1 in CI.
+    url = empty_database("created_at_once", create=False)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: ensure_database(url), range(8)))
+    assert keel_schema_exists(url) is False  # the database is there, and empty
 
 
 async def test_simultaneous_first_boots_migrate_once_and_every_worker_starts(
