@@ -3,6 +3,7 @@ breaks one fails here, not in production."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -46,6 +47,8 @@ async def dbos(database_url: str, ledger_pool) -> AsyncIterator[None]:
     DBOS.launch()
     yield
     DBOS.destroy(workflow_completion_timeout_sec=0)
+    # DBOS made its executor this (session-wide) loop's default and has shut it down: later tests' to_thread would fail.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
 
 
 async def test_the_registry_of_active_workflows_holds_a_running_one(dbos) -> None:
