@@ -191,10 +191,15 @@ async def db(database_url: str) -> AsyncIterator[psycopg.AsyncConnection]:
         yield conn
 
 
+LEDGER_POOL_NAME = "keel_test_ledger"
+"""The `application_name` of `ledger_pool`'s sessions: the shared worker's sessions on the same database are not the test's."""
+
+
 @pytest.fixture
 async def ledger_pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
     """Keel's pool in the test process, for driving steps and workflows code directly."""
-    pool = AsyncConnectionPool(psycopg_conninfo(database_url), min_size=1, max_size=4, kwargs={"autocommit": True}, open=False)
+    pool = AsyncConnectionPool(psycopg_conninfo(database_url), min_size=1, max_size=4,
+                               kwargs={"autocommit": True, "application_name": LEDGER_POOL_NAME}, open=False)
     await pool.open()
     steps_db.configure(pool)
     yield pool

@@ -22,11 +22,12 @@ from app.database import psycopg_conninfo
 from steps import ledger
 from steps.ledger import Call
 from steps.tools import ToolContext, tool
-from tests.conftest import fetch_value, wait_for_row
+from tests.conftest import LEDGER_POOL_NAME, fetch_value, wait_for_row
 from tests.processes import ROOT, START_TIMEOUT
 
-IDLE_IN_TRANSACTION = """
-SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%%'
+IDLE_IN_TRANSACTION = f"""
+SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = '{LEDGER_POOL_NAME}'
+   AND state LIKE 'idle in transaction%%'
 """
 
 
