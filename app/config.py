@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(5.0, alias="KEEL_HEARTBEAT_INTERVAL", gt=0)
     metrics_window: float = Field(300.0, alias="KEEL_METRICS_WINDOW", gt=0)
     """Seconds of recent history `/metrics` covers (besides everything still in flight)."""
+    otlp_endpoint: str | None = Field(None, alias="KEEL_OTLP_ENDPOINT", pattern=r"^https?://\S+$")
+    """OTLP/HTTP traces URL (`http://collector:4318/v1/traces`): export a span per run, model call, tool call,
+    approval wait and undo (needs `pip install 'keel[otel]'`); unset: no tracing."""
 
     auth: Literal["keys", "off"] = Field("keys", alias="KEEL_AUTH")
     """`keys`: every `/v1` request needs an API key. `off`: none does (local development only)."""

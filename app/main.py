@@ -29,7 +29,7 @@ from app.routers import approvals, doctor, keys, metrics, runs
 from app.schema import migration_head, wait_for_schema
 from app.schemas import errors
 from app.startup import Startup
-from steps import breaker, db, failpoints, llm, ratelimit
+from steps import breaker, db, failpoints, llm, ratelimit, tracing
 from steps.breaker import BreakerSettings
 from workflows import ApprovalConflict, ApprovalNotFound, IdempotencyConflict, QueueFull, RunConflict, RunNotFound, UnknownAgent, UserError, agent_names, saga
 from workflows.approvals import redeliver_decisions
@@ -57,13 +57,15 @@ def dbos_config(settings: Settings, url: str) -> DBOSConfig:
         # DBOS makes its executor the loop's default one, and its async checkpoints run there: unbounded,
         # it grows a thread per concurrent checkpoint call (docs/benchmarks.md, workload 5).
         "max_executor_threads": 32,
+        **({"enable_otlp": True, "otlp_traces_endpoints": [settings.otlp_endpoint], "otel_attribute_format": "semconv"}
+           if settings.otlp_endpoint else {}),
     }
 
 
 @asynccontextmanager
 async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    if refusal := demo_services.refusal_to_start(settings):
+    if refusal := demo_services.refusal_to_start(settings) or tracing_refusal(settings):
         raise UserError(refusal)
     startup = Startup(settings.startup_timeout)  # every step that talks to the database is retried while it fails transiently
     url = await startup.step("reach the database", lambda: asyncio.to_thread(database_url, settings))
@@ -113,6 +115,17 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
         db.configure(None)
         sandbox.configure(None)
         await claim.release()
+
+
+def tracing_refusal(settings: Settings) -> str | None:
+    """Why tracing cannot start as configured; on the way, turn Keel's side of it on or off."""
+    tracing.configure(settings.otlp_endpoint is not None)
+    if settings.otlp_endpoint:
+        try:
+            importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        except ImportError:
+            return "KEEL_OTLP_ENDPOINT is set, but OpenTelemetry's SDK and OTLP exporter are not installed: pip install 'keel[otel]'"
+    return None
 
 
 async def launch_dbos(settings: Settings, url: str, queue: RunQueue) -> None:

@@ -27,7 +27,7 @@ from dbos import DBOS
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from steps import breaker, db, events, failpoints, ids
+from steps import breaker, db, events, failpoints, ids, tracing
 from steps.fork_reuse import fork_reply
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, retrying
 from steps.tools import Tool, ToolContext, ToolDatabase, provided
@@ -149,6 +149,13 @@ async def tool_call_step(tool: Tool, arguments: dict[str, Any], tool_call_id: st
     was the origin's (`steps.fork_reuse`)."""
     run_id, step_id = DBOS.workflow_id, DBOS.step_id
     assert run_id is not None and step_id is not None, "tool_call_step runs inside a workflow"
+    reply = await _tool_call(run_id, step_id, tool, arguments, tool_call_id, key, first_attempt, origin=origin, origin_approved=origin_approved)
+    tracing.tool_called(ids.run_of(run_id), tool.name, tool_call_id, reply)  # an undo works for its run
+    return reply
+
+
+async def _tool_call(run_id: str, step_id: int, tool: Tool, arguments: dict[str, Any], tool_call_id: str, key: str | None,
+                     first_attempt: int, *, origin: str | None, origin_approved: bool) -> dict[str, Any]:
     continued = key is not None
     key = key or tool.business_key(arguments) or ids.ledger_key(run_id, step_id)
     if not continued and (origin or origin_approved) and (reply := await fork_reply(

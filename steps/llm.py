@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion
 
-from steps import breaker, events, failpoints, ratelimit, stream
+from steps import breaker, events, failpoints, ratelimit, stream, tracing
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, IncompleteReply, RetryPolicy, retrying
 
 T = TypeVar("T")
@@ -128,6 +128,7 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
     except AttemptFailed as failed:
         outcome = failed.outcome(request.retry)
         await events.record(run_id, step_id, "llm_error", {"model": model, "turn": request.turn, **outcome}, attempt=failed.attempt)
+        tracing.model_called(run_id, request.turn, model, {"attempts": failed.attempt, **outcome})
         return outcome
     choice = completion.choices[0]
     usage = completion.usage
@@ -144,6 +145,7 @@ async def llm_step(request: ModelRequest, first_attempt: int = 1) -> dict[str, A
         "attempts": attempts,
     }
     await events.record(run_id, step_id, "llm_response", response)
+    tracing.model_called(run_id, request.turn, model, {**response, "id": completion.id})
     return {"ok": True, "message": assistant_message(choice.message.content, choice.message.tool_calls), "usage": response}
 
 

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Protocol
 
 from dbos import DBOS
 
-from steps import ids
+from steps import ids, tracing
 from steps.errors import RunFailed, UserError
 from steps.events import record_step
 from steps.fork_reuse import NEEDS_APPROVAL
@@ -43,7 +43,14 @@ async def agent_run(request: dict[str, Any]) -> Any:
     agent = get_agent(request["agent"])
     fork = await read_fork(run_id)  # a fork may change the model or the instructions, and reuses its origin's outcomes
     run = AgentRun(agent, DurableOperations(run_id, agent, reuses_from=fork and fork.reuses_from), **(fork.overrides() if fork else {}))
-    return await run.execute(request["input"])
+    tracing.run_started(run_id, agent.name)
+    try:
+        output = await run.execute(request["input"])
+    except RunFailed as failed:
+        tracing.run_ended("failed", reason=failed.reason, turns=run.turn, tokens=run.tokens)
+        raise
+    tracing.run_ended("succeeded", turns=run.turn, tokens=run.tokens)
+    return output
 
 
 def current_run() -> "AgentRun":

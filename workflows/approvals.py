@@ -9,7 +9,7 @@ from typing import Any
 
 from dbos import DBOS
 
-from steps import ids
+from steps import ids, tracing
 from steps.approvals import get_approval, list_approvals, record_decision, request_approval_step, settle_approval_step, undelivered_decisions
 from steps.dbos_seam import off_the_queue
 from steps.tools import ApprovalPolicy
@@ -29,13 +29,16 @@ async def await_approval(name: str, policy: ApprovalPolicy, arguments: dict[str,
     if request["approval_id"] is None:
         return NOT_NEEDED
     escalations_left = 1 if policy.on_expire == "escalate" else 0
-    while True:
-        with off_the_queue(DBOS.workflow_id or ""):  # a run waiting on a person does not hold a worker's slot
-            await DBOS.recv_async(topic=request["approval_id"], timeout_seconds=policy.timeout)
-        outcome = await settle_approval_step(request["approval_id"], escalate=escalations_left > 0, timeout=policy.timeout)
-        if outcome["status"] != "pending":
-            return outcome
-        escalations_left -= 1
+    with tracing.span("keel.approval_wait", {"keel.run_id": DBOS.workflow_id, "keel.approval_id": request["approval_id"], "gen_ai.tool.name": name,
+                                             "gen_ai.tool.call.id": tool_call_id}):
+        while True:
+            with off_the_queue(DBOS.workflow_id or ""):  # a run waiting on a person does not hold a worker's slot
+                await DBOS.recv_async(topic=request["approval_id"], timeout_seconds=policy.timeout)
+            outcome = await settle_approval_step(request["approval_id"], escalate=escalations_left > 0, timeout=policy.timeout)
+            if outcome["status"] != "pending":
+                tracing.annotate({"keel.approval.status": outcome["status"], "keel.approval.decided_by": outcome.get("decided_by")})
+                return outcome
+            escalations_left -= 1
 
 
 async def decide(approval_id: str, decision: str, *, decided_by: str, decided_by_key_id: str | None = None,

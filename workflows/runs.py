@@ -8,7 +8,7 @@ from typing import Any
 from dbos import DBOS, SetWorkflowID
 from psycopg.rows import dict_row
 
-from steps import db, ids, stream
+from steps import db, ids, stream, tracing
 from steps.approvals import get_approval
 from steps.compensations import list_compensations
 from steps.errors import UserError
@@ -68,7 +68,7 @@ async def start_run(agent: str, input: str, *, owner: str, idempotency_key: str 
         raise UserError("the input cannot contain NUL characters")
     run_id = ids.keyed_run_id(owner, idempotency_key) if idempotency_key is not None else ids.new_run_id()
     await refuse_when_full(run_id)
-    with SetWorkflowID(run_id):  # an existing run ID returns that run, which is then compared
+    with SetWorkflowID(run_id), tracing.submitting(run_id, agent):  # an existing run ID returns that run, which is then compared
         await DBOS.enqueue_workflow_async(run_queue.current().name, agent_run, {"agent": agent, "input": input})
     run = await run_row(run_id)
     if (run["agent"], run["input"]) != (agent, input):

@@ -16,7 +16,7 @@ from typing import Any
 
 from dbos import DBOS, SetWorkflowID
 
-from steps import ids
+from steps import ids, tracing
 from steps.compensations import mark_compensation_step, plan_compensations_step
 from steps.ledger import tool_call_step
 from steps.retry import RetryPolicy
@@ -58,13 +58,14 @@ def needs_rollback(agent: Agent, tools_used: list[str]) -> bool:
 
 async def start_rollback(run_id: str, agent: str, reason: str) -> Any:
     """Start the rollback of `run_id` (once: a second start returns the first)."""
-    with SetWorkflowID(ids.rollback_id(run_id)):
+    with SetWorkflowID(ids.rollback_id(run_id)), tracing.carried():
         return await DBOS.start_workflow_async(rollback, {"run_id": run_id, "agent": agent, "reason": reason})
 
 
 @DBOS.workflow(name="keel.rollback")
 async def rollback(request: dict[str, Any]) -> dict[str, Any]:
     run_id, agent = request["run_id"], get_agent(request["agent"])
+    tracing.annotate({"keel.run_id": run_id, "keel.rollback.reason": request["reason"]})
     compensable = [name for name, t in agent.tools.items() if t.compensation]
     irreversible = [name for name, t in agent.tools.items() if t.irreversible]
     plan = await plan_compensations_step(run_id, compensable, irreversible)
@@ -72,7 +73,7 @@ async def rollback(request: dict[str, Any]) -> dict[str, Any]:
         if effect["status"] == "irreversible":
             continue
         # The budget travels in the input, so a worker configured otherwise replays the same decisions.
-        with SetWorkflowID(effect["workflow_id"]):
+        with SetWorkflowID(effect["workflow_id"]), tracing.carried():
             handle = await DBOS.start_workflow_async(compensate, {**effect, "run_id": run_id, "agent": agent.name, "retry_budget": _retry_budget})
         await handle.get_result()
     return {
@@ -87,6 +88,7 @@ async def compensate(effect: dict[str, Any]) -> Any:
     undo = get_agent(effect["agent"]).tools[effect["tool"]].compensation
     assert undo is not None, f"{effect['tool']} has no compensation"
     run_id, n = effect["run_id"], effect["n"]
+    tracing.compensation_started(run_id, effect["tool"], n, effect["idempotency_key"])
     parking = Parking(wait=functools.partial(undo_wait, policy=undo.retry), max_parks=math.inf, budget=effect.get("retry_budget", RETRY_BUDGET))
     rounds = 0
 
