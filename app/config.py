@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     """Worker processes `keel serve` runs behind its port; default one per core."""
     migration_wait: float = Field(30.0, alias="KEEL_MIGRATION_WAIT", ge=0)
     """Seconds a worker waits for `keel migrate` to bring the database to head before it refuses to start."""
-    app_version: str = Field("keel-0.1", alias="KEEL_APP_VERSION")
+    app_version: str = Field("keel-0.2", alias="KEEL_APP_VERSION")
     """The pinned DBOS application version: only runs of this version are recovered here."""
 
     openai_base_url: str | None = Field(None, alias="OPENAI_BASE_URL")

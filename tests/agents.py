@@ -2,6 +2,7 @@
 
 The scripted model drives it with inputs like `call pay with {"customer_id": "C-1", ...}`."""
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -77,13 +78,30 @@ async def escalating_confirm(note: str) -> str:
     return note
 
 
-probe = Agent(
-    "probe",
-    instructions="Call the tools you are asked to call.",
-    tools=[pay, flaky, refuse, square, open_ticket, transfer, strict_transfer, quick_confirm, escalating_confirm],
-    max_turns=6,
-    max_reasks=2,
-)
+@tool
+async def nap(seconds: float) -> dict[str, float]:
+    """Sleep, then say how long."""
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+@tool
+async def charge_then_wait(ctx: ToolContext[Sandbox], customer_id: str, amount_cents: int, seconds: float) -> dict[str, Any]:
+    """Charge through the payments sandbox (its Idempotency-Key makes a repeat return the first charge),
+    then, on the first attempt only, wait `seconds`: a call still in flight when its worker is killed."""
+    response = await ctx.deps.http.post("/payments/charges", headers={"Idempotency-Key": ctx.idempotency_key},
+                                        json={"customer_id": customer_id, "amount_cents": amount_cents, "description": "then wait"})
+    response.raise_for_status()
+    if ctx.attempt == 1:
+        await asyncio.sleep(seconds)
+    return response.json()
+
+
+PROBE_TOOLS = [pay, flaky, refuse, square, open_ticket, transfer, strict_transfer, quick_confirm, escalating_confirm, nap, charge_then_wait]
+probe = Agent("probe", instructions="Call the tools you are asked to call.", tools=PROBE_TOOLS, max_turns=6, max_reasks=2)
+in_sequence = Agent("in-sequence", instructions="Call the tools you are asked to call.", tools=PROBE_TOOLS, max_turns=6,
+                    parallel_tool_calls=False)
+"""The probe with its tool calls one after another, as a turn's calls ran before Keel ran them at once."""
 
 
 @tool(dependency="payments-guarded", retry=RetryPolicy(max_attempts=10, initial_delay=0.01, max_delay=0.05))

@@ -67,11 +67,14 @@ class Agent(Generic[OutputT]):
         max_cost_usd: float | None = None,
         max_seconds: float | None = None,
         requires_approval: Callable[[Tool, dict[str, Any]], bool] | None = None,
+        parallel_tool_calls: bool = True,
     ) -> None:
         """Budgets (`max_turns`, `max_tokens`, `max_cost_usd`, `max_seconds` of wall-clock time) are
         computed from recorded step outputs, so a recovered run sees the same totals; the next model
         call is refused once one is spent. `model_timeout` bounds one model call, in seconds.
-        `requires_approval(tool, arguments)` adds an agent-wide rule to the tools' own."""
+        `requires_approval(tool, arguments)` adds an agent-wide rule to the tools' own.
+        `parallel_tool_calls`: the tool calls the model asks for in one turn run at once; False runs
+        them one after another, in the model's order, for tools that must not overlap."""
         if not AGENT_NAME.match(name):
             raise UserError(f"agent name {name!r} must match {AGENT_NAME.pattern}")
         if name in _registry:
@@ -99,6 +102,7 @@ class Agent(Generic[OutputT]):
         self.max_cost_usd = max_cost_usd
         self.max_seconds = max_seconds
         self.requires_approval = requires_approval
+        self.parallel_tool_calls = parallel_tool_calls
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         _registry[name] = self
 

@@ -10,8 +10,11 @@ The loop itself is the agent's (`Agent.drive`): Keel's own (`AgentRun.keel_loop`
 (`workflows.frameworks`), whose model and tool seams call this run's `ask_model` and `call_tool`."""
 
 import asyncio
+import functools
 import json
+from collections.abc import Awaitable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from dbos import DBOS
@@ -24,7 +27,7 @@ from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
 from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
-from workflows.approvals import await_approval
+from workflows.approvals import Ask, request_approvals, wait_for_decision
 from workflows.forks import read_fork
 from workflows.parking import call_parking
 from workflows.saga import needs_rollback, start_rollback
@@ -71,15 +74,30 @@ class Halted(BaseException):
         self.failure = failure
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """A call to make through the ledger: `decision` is the settled approval it goes ahead on, if it needed one."""
+
+    tool: Tool
+    arguments: dict[str, Any]
+    call_id: str
+    decision: dict[str, Any] | None = None
+
+
 class Operations(Protocol):
     """How the loop's durable operations happen: for real (`DurableOperations`), or served from a
-    recorded run (`workflows.replay`)."""
+    recorded run (`workflows.replay`). Tool calls and approvals come in batches: one turn's calls."""
 
     async def event(self, kind: str, payload: dict[str, Any]) -> float: ...
     async def model(self, request: ModelRequest) -> dict[str, Any]: ...
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]: ...
-    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str, *,
-                       reusable: bool = False) -> dict[str, Any]: ...
+    def start_tools(self, calls: list[ToolCall]) -> Awaitable[list[dict[str, Any]]]:
+        """Start each call's first step now, in order, and all at once; the awaitable gives their outcomes."""
+    async def finish_tools(self, calls: list[ToolCall], firsts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """From the first steps' outcomes: each call that asked to park goes on alone, in order."""
+    async def request_approvals(self, asks: list[Ask]) -> list[str | None]:
+        """Open each request, in order: the approval IDs (None: a fork's call that needs nobody)."""
+    async def decision(self, ask: Ask, approval_id: str | None) -> dict[str, Any]:
+        """Wait for the decision on one request."""
     async def rollback(self, reason: str) -> None: ...
 
 
@@ -96,18 +114,28 @@ class DurableOperations:
     async def model(self, request: ModelRequest) -> dict[str, Any]:
         return await call_parking(lambda first, _: llm_step(request, first), "model")
 
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]:
+    def start_tools(self, calls: list[ToolCall]) -> Awaitable[list[dict[str, Any]]]:
+        # DBOS numbers a step when it is called, not when it ends: calling each here, in order, gives each
+        # call the same step number on every execution, whichever finishes first and whatever runs meanwhile.
+        return asyncio.gather(*[self.tool_step(call, 1, None) for call in calls])
+
+    async def finish_tools(self, calls: list[ToolCall], firsts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [await call_parking(functools.partial(self.tool_step, call), f"tool {call.tool.name} ({call.tool.dependency})", first=first)
+                for call, first in zip(calls, firsts, strict=True)]
+
+    def tool_step(self, call: ToolCall, first_attempt: int, previous: dict[str, Any] | None) -> Any:
+        """The step's coroutine, numbered by DBOS now (so: not an `async def`)."""
+        decision = call.decision
         # A fork that forked after an approval holds its origin's decision: good for reusing the origin's outcome, not for an effect.
         origin_approved = bool(decision and decision["approval_id"] and ids.approval_run(decision["approval_id"]) != self.run_id)
-        return await call_parking(
-            lambda first, previous: tool_call_step(tool, arguments, call_id, previous and previous["idempotency_key"], first,
-                                                   origin=self.reuses_from, origin_approved=origin_approved),
-            f"tool {tool.name} ({tool.dependency})")
+        return tool_call_step(call.tool, call.arguments, call.call_id, previous and previous["idempotency_key"], first_attempt,
+                              origin=self.reuses_from, origin_approved=origin_approved)
 
-    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str, *,
-                       reusable: bool = False) -> dict[str, Any]:
-        """`reusable`: a call a fork may answer with its origin's outcome (then nobody is asked)."""
-        return await await_approval(name, policy, arguments, call_id, origin=self.reuses_from if reusable else None)
+    async def request_approvals(self, asks: list[Ask]) -> list[str | None]:
+        return await request_approvals(asks, origin=self.reuses_from)
+
+    async def decision(self, ask: Ask, approval_id: str | None) -> dict[str, Any]:
+        return await wait_for_decision(ask, approval_id)
 
     async def rollback(self, reason: str) -> None:
         await (await start_rollback(self.run_id, self.agent.name, reason)).get_result()
@@ -179,8 +207,9 @@ class AgentRun:
                 await self.reask(problem, None)
                 conversation.append({"role": "user", "content": f"Your final answer was not accepted: {problem}. Try again."})
                 continue
-            for call in calls:
-                conversation.append({"role": "tool", "tool_call_id": call["id"], "content": await self.call_tool(call)})
+            replies = await self.tool_replies(calls) if agent.parallel_tool_calls else [await self.tool_outcome(call) for call in calls]
+            conversation.extend({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(reply)}
+                                for call, reply in zip(calls, replies, strict=True))
 
     async def ask_model(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, label: str | None = None) -> dict[str, Any]:
         """One model call (a durable step, retried by the agent's policy): the assistant message, as
@@ -212,30 +241,99 @@ class AgentRun:
             return json.dumps(await self.tool_outcome(call))
 
     async def tool_outcome(self, call: dict[str, Any]) -> Any:
+        """The reply to one tool call: asked about if it needs approval, then made through the ledger."""
         found, arguments, problem = self.agent.parse_call(call)
         if found is None or problem is not None:
-            await self.reask(problem or "unknown tool", call["id"])
-            return {"error": {"kind": INVALID_REPLY, "message": problem}}
-        needs_approval = self.agent.needs_approval(found, arguments)
-        for _ in range(2):  # a fork holding only its origin's approval asks for its own, once
-            decision = await self.ops.approval(found.name, found.approval, arguments, call["id"],
-                                               reusable=found.idempotency_key is None) if needs_approval else None
-            if decision and decision["status"] not in GO_AHEAD:
-                message = f"a person did not approve this call ({decision['status']}): {decision['comment'] or 'no comment'}"
-                if found.approval.on_reject == "fail":
-                    await self.fail("approval_rejected", f"{found.name}: {message}")
-                return {"error": {"kind": "not_approved", "message": message}}
-            outcome = await self.ops.tool(found, arguments, call["id"], decision)
-            if outcome["ok"] or outcome["error"]["kind"] != NEEDS_APPROVAL:
-                break
+            return await self.invalid_call(call, problem)
+        decision = await self.decision(found, arguments, call["id"])
+        if (refused := await self.refusal(found, decision)) is not None:
+            return refused
+        tool_call = ToolCall(found, arguments, call["id"], decision)
+        return await self.answer(tool_call, (await self.tools([tool_call]))[0])
+
+    async def tool_replies(self, calls: list[dict[str, Any]]) -> list[Any]:
+        """The replies to one turn's tool calls, made at once: every approval they need is asked for
+        first, the calls that need none run while the approvals wait (each on its own), and the
+        approved calls then run together."""
+        replies: dict[str, Any] = {}
+        free: list[ToolCall] = []
+        asking: list[ToolCall] = []
+        for call in calls:
+            found, arguments, problem = self.agent.parse_call(call)
+            if found is None or problem is not None:
+                replies[call["id"]] = await self.invalid_call(call, problem)
+            else:
+                (asking if self.agent.needs_approval(found, arguments) else free).append(ToolCall(found, arguments, call["id"]))
+        asks = [self.ask(c.tool, c.arguments, c.call_id) for c in asking]
+        approval_ids = await self.ops.request_approvals(asks)
+        running = self.ops.start_tools(free) if free else None
+        try:
+            decisions = [await self.ops.decision(ask, approval_id) for ask, approval_id in zip(asks, approval_ids, strict=True)]
+        except BaseException:  # cancelled while waiting: the calls in flight end before the run does
+            if running is not None:
+                await asyncio.gather(running, return_exceptions=True)
+            raise
+        made = await self.ops.finish_tools(free, await running) if running else []
+        self.count_effects(free, made)
+        approved: list[ToolCall] = []
+        for call, decision in zip(asking, decisions, strict=True):
+            if (refused := await self.refusal(call.tool, decision)) is not None:  # a rejection may fail the run: after the effects are counted
+                replies[call.call_id] = refused
+            else:
+                approved.append(ToolCall(call.tool, call.arguments, call.call_id, decision))
+        outcomes = await self.tools(approved) if approved else []
+        self.count_effects(approved, outcomes)
+        for call, outcome in [*zip(free, made, strict=True), *zip(approved, outcomes, strict=True)]:
+            replies[call.call_id] = await self.answer(call, outcome)
+        return [replies[call["id"]] for call in calls]
+
+    async def tools(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        return await self.ops.finish_tools(calls, await self.ops.start_tools(calls))
+
+    def count_effects(self, calls: list[ToolCall], outcomes: list[dict[str, Any]]) -> None:
+        """Every effect made counts before any reply can fail the run, so its rollback undoes them all."""
+        self.tools_used += [call.tool.name for call, outcome in zip(calls, outcomes, strict=True) if outcome["ok"]]
+
+    async def invalid_call(self, call: dict[str, Any], problem: str | None) -> dict[str, Any]:
+        await self.reask(problem or "unknown tool", call["id"])
+        return {"error": {"kind": INVALID_REPLY, "message": problem}}
+
+    def ask(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> Ask:
+        return Ask(tool.name, tool.approval, arguments, call_id, reusable=tool.idempotency_key is None)
+
+    async def decision(self, tool: Tool, arguments: dict[str, Any], call_id: str) -> dict[str, Any] | None:
+        """The settled decision on this call, or None if it needs none."""
+        if not self.agent.needs_approval(tool, arguments):
+            return None
+        return await self.approval(self.ask(tool, arguments, call_id))
+
+    async def approval(self, ask: Ask) -> dict[str, Any]:
+        return await self.ops.decision(ask, (await self.ops.request_approvals([ask]))[0])
+
+    async def refusal(self, tool: Tool, decision: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The reply to a call a person did not approve (or the run fails, under `on_reject="fail"`); None: go ahead."""
+        if decision is None or decision["status"] in GO_AHEAD:
+            return None
+        message = f"a person did not approve this call ({decision['status']}): {decision['comment'] or 'no comment'}"
+        if tool.approval.on_reject == "fail":
+            await self.fail("approval_rejected", f"{tool.name}: {message}")
+        return {"error": {"kind": "not_approved", "message": message}}
+
+    async def answer(self, call: ToolCall, outcome: dict[str, Any]) -> Any:
+        """The reply to a call the ledger answered with `outcome`; a failure the model cannot fix fails the run."""
+        if not outcome["ok"] and outcome["error"]["kind"] == NEEDS_APPROVAL:  # a fork holding only its origin's approval asks for its own, once
+            decision = await self.decision(call.tool, call.arguments, call.call_id)
+            if (refused := await self.refusal(call.tool, decision)) is not None:
+                return refused
+            outcome = (await self.tools([ToolCall(call.tool, call.arguments, call.call_id, decision)]))[0]
         if outcome["ok"]:
-            self.tools_used.append(found.name)
+            self.tools_used.append(call.tool.name)
             return outcome["result"]
         error = outcome["error"]
         if error["kind"] == "ask_model":
-            await self.reask(error["message"], call["id"])
+            await self.reask(error["message"], call.call_id)
             return {"error": error}
-        await self.fail(failure_reason(error, "tool"), f"tool {found.name} failed: {error['message']}")
+        await self.fail(failure_reason(error, "tool"), f"tool {call.tool.name} failed: {error['message']}")
 
     async def record(self, kind: str, payload: dict[str, Any]) -> None:
         """An event of the framework's own (a handoff) in the run's timeline, as a step."""
@@ -247,7 +345,7 @@ class AgentRun:
         pause for a human (a LangGraph `interrupt`) as a Keel approval. A rejection under
         `on_reject="fail"` fails the run; otherwise the settled decision is returned."""
         self.refuse_after_failure()
-        decision = await self.ops.approval(name, policy, arguments, call_id)
+        decision = await self.approval(Ask(name, policy, arguments, call_id))
         if decision["status"] != "approved" and policy.on_reject == "fail":
             await self.fail("approval_rejected", f"{name}: a person did not approve ({decision['status']}): {decision['comment'] or 'no comment'}")
         return decision

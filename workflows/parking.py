@@ -46,10 +46,12 @@ class Parking:
 FORWARD = Parking()
 
 
-async def call_parking(call: StepCall, what: str, parking: Parking = FORWARD, on_park: OnPark | None = None) -> dict[str, Any]:
+async def call_parking(call: StepCall, what: str, parking: Parking = FORWARD, on_park: OnPark | None = None, *,
+                       first: dict[str, Any] | None = None) -> dict[str, Any]:
     """`call(first_attempt, previous_outcome)` until it succeeds, or fails without `parking` letting
-    it wait. `on_park(outcome, seconds)` runs (as workflow code) before each durable wait."""
-    outcome = await call(1, None)
+    it wait. `on_park(outcome, seconds)` runs (as workflow code) before each durable wait. `first`:
+    the outcome of a first call already made (one of a turn's parallel tool calls)."""
+    outcome = first if first is not None else await call(1, None)
     parks, waited = 0, 0.0
     while not outcome["ok"] and parks < parking.max_parks:
         wait = parking.wait(outcome)

@@ -3,6 +3,7 @@ and event from what was recorded (nothing is called), and report whether today's
 decisions, step by step. Run it over pending runs before a deploy to see which would break."""
 
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,10 +13,9 @@ from steps import db
 from steps.errors import RunFailed
 from steps.llm import ModelRequest
 from steps.run_status import REPLAYED_TO_THE_END
-from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
-from workflows.agent_loop import AgentRun
-from workflows.approvals import NOT_NEEDED
+from workflows.agent_loop import AgentRun, ToolCall
+from workflows.approvals import NOT_NEEDED, Ask
 from workflows.forks import fork_overrides
 from workflows.runs import get_run
 
@@ -69,36 +69,53 @@ class RecordedOperations:
             raise Diverged(f"step {row['function_id']}: the code records {kind}, the run recorded another event")
         return self.output(row)
 
-    async def model(self, request: ModelRequest) -> dict[str, Any]:
-        return await self.parked("keel.llm", f"model call (turn {request.turn})")
+    def start_tools(self, calls: list[ToolCall]) -> Awaitable[list[dict[str, Any]]]:
+        firsts = [self.tool_step(call) for call in calls]  # taken now, in order, as the live run numbered them
+        return done(firsts)
 
-    async def tool(self, tool: Tool, arguments: dict[str, Any], call_id: str, decision: dict[str, Any] | None) -> dict[str, Any]:
-        outcome = await self.parked("keel.tool_call", f"tool {tool.name}({json.dumps(arguments)})")
+    async def finish_tools(self, calls: list[ToolCall], firsts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self.parked("keel.tool_call", self.doing(call), first=first) for call, first in zip(calls, firsts, strict=True)]
+
+    def doing(self, call: ToolCall) -> str:
+        return f"tool {call.tool.name}({json.dumps(call.arguments)})"
+
+    def tool_step(self, call: ToolCall) -> dict[str, Any]:
+        outcome = self.output(self.take("keel.tool_call", self.doing(call)))
         recorded = self.events.get((self.trace[-1]["step"], "tool_call"), {})
-        if (recorded.get("tool"), recorded.get("arguments")) != (tool.name, arguments):
+        if (recorded.get("tool"), recorded.get("arguments")) != (call.tool.name, call.arguments):
             raise Diverged(f"step {self.trace[-1]['step']}: the run called {recorded.get('tool')}({json.dumps(recorded.get('arguments'))}), "
-                           f"the code calls {tool.name}({json.dumps(arguments)})")
+                           f"the code calls {self.doing(call)}")
         return outcome
 
-    async def parked(self, name: str, doing: str) -> dict[str, Any]:
-        """A step and, where it asked to park, its durable wait and the calls that followed."""
-        while True:
-            outcome = self.output(self.take(name, doing))
-            if outcome.get("park") is None or outcome["ok"]:
-                return outcome
-            self.take("keel.event", "event parked")
+    async def model(self, request: ModelRequest) -> dict[str, Any]:
+        return self.parked("keel.llm", f"model call (turn {request.turn})")
 
-    async def approval(self, name: str, policy: ApprovalPolicy, arguments: dict[str, Any], call_id: str, *, reusable: bool = False) -> dict[str, Any]:
-        request = self.output(self.take("keel.approval_request", f"approval for {name}"))
-        if request["approval_id"] is None:  # a fork's call answered with its origin's outcome
+    def parked(self, name: str, doing: str, *, first: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A step (or the outcome `first` of one already taken) and, where it asked to park, its durable
+        wait and the calls that followed."""
+        outcome = first if first is not None else self.output(self.take(name, doing))
+        while outcome.get("park") is not None and not outcome["ok"]:
+            self.take("keel.event", "event parked")
+            outcome = self.output(self.take(name, doing))
+        return outcome
+
+    async def request_approvals(self, asks: list[Ask]) -> list[str | None]:
+        return [self.output(self.take("keel.approval_request", f"approval for {ask.name}"))["approval_id"] for ask in asks]
+
+    async def decision(self, ask: Ask, approval_id: str | None) -> dict[str, Any]:
+        if approval_id is None:  # a fork's call answered with its origin's outcome
             return NOT_NEEDED
         while True:
-            settled = self.output(self.take("keel.approval_settle", f"decision on {name}"))
+            settled = self.output(self.take("keel.approval_settle", f"decision on {ask.name}"))
             if settled["status"] != "pending":
                 return settled
 
     async def rollback(self, reason: str) -> None:
         self.take("keel.rollback", f"rollback ({reason})")
+
+
+async def done(value: Any) -> Any:
+    return value
 
 
 async def replay_run(run_id: str, agent: Agent | None = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ _BILLING_REQUEST = re.compile(r"upgrade customer ([A-Za-z]-?\d+) to the (\w+) pl
 _SAY_REQUEST = re.compile(r"say\s+(.*)", re.IGNORECASE | re.DOTALL)
 _CALL_CLAUSE = re.compile(r"\s*call\s+([\w.:-]+)\s+with\s+", re.IGNORECASE)
 _THEN = re.compile(r"\s*then\s+", re.IGNORECASE)
+_AND = re.compile(r"\s*and\s+(?=call\s)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,11 @@ def next_reply(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> R
     return Reply(content=FALLBACK_CONTENT)
 
 
-def parse_call_script(text: str) -> list[tuple[str, dict[str, Any]]] | None:
-    """`call <tool> with <JSON object>` clauses joined by ` then `; None if the text is not one."""
+def parse_call_script(text: str) -> list[list[tuple[str, dict[str, Any]]]] | None:
+    """`call <tool> with <JSON object>` clauses joined by ` then ` (one turn after another) or ` and `
+    (in the same turn), as the calls of each turn; None if the text is not one."""
     decoder = json.JSONDecoder()
-    calls: list[tuple[str, dict[str, Any]]] = []
+    turns: list[list[tuple[str, dict[str, Any]]]] = [[]]
     position = 0
     while True:
         clause = _CALL_CLAUSE.match(text, position)
@@ -167,11 +169,14 @@ def parse_call_script(text: str) -> list[tuple[str, dict[str, Any]]] | None:
             return None
         if not isinstance(arguments, dict):
             return None
-        calls.append((clause.group(1), arguments))
-        then = _THEN.match(text, position)
-        if then is None:
-            return calls if not text[position:].strip() else None
-        position = then.end()
+        turns[-1].append((clause.group(1), arguments))
+        if joined := _AND.match(text, position):
+            position = joined.end()
+        elif then := _THEN.match(text, position):
+            position = then.end()
+            turns.append([])
+        else:
+            return turns if not text[position:].strip() else None
 
 
 def _say_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
@@ -180,17 +185,22 @@ def _say_script(conversation: Conversation, offered: set[str | None]) -> Reply |
 
 
 def _generic_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
-    calls = parse_call_script(conversation.first_user_text)
-    if calls is None:
+    turns = parse_call_script(conversation.first_user_text)
+    if turns is None:
         return None
+    calls = [call for turn in turns for call in turn]
     progress = follow_steps([name for name, _ in calls], conversation.results)
     if progress.must_give_up:
         return Reply(content=json.dumps(progress.failure))
     step = len(progress.outputs)
     if step == len(calls):
         return Reply(content=json.dumps(progress.outputs[-1]))
-    name, arguments = calls[step]
-    return _tool_call(conversation, name, arguments)
+    done = 0
+    for turn in turns:  # the rest of the turn the next call is in, all at once
+        if step < done + len(turn):
+            return _tool_calls(conversation, turn[step - done:])
+        done += len(turn)
+    raise AssertionError("unreachable: step < len(calls)")
 
 
 def _billing_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
@@ -247,8 +257,12 @@ def _billing_script(conversation: Conversation, offered: set[str | None]) -> Rep
 
 
 def _tool_call(conversation: Conversation, name: str, arguments: dict[str, Any]) -> Reply:
-    call_id = f"call_{conversation.assistant_turns}_0"
-    return Reply(content=None, tool_calls=[ToolCall(call_id, name, arguments)])
+    return _tool_calls(conversation, [(name, arguments)])
+
+
+def _tool_calls(conversation: Conversation, calls: list[tuple[str, dict[str, Any]]]) -> Reply:
+    return Reply(content=None, tool_calls=[ToolCall(f"call_{conversation.assistant_turns}_{n}", name, arguments)
+                                           for n, (name, arguments) in enumerate(calls)])
 
 
 def _plan_price(customer: Any, plan: str) -> int | None:
