@@ -254,19 +254,30 @@ def runs(status_filter: str | None, agent: str | None, limit: int) -> None:
 @main.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, for machines.")
-def events(run_id: str, as_json: bool) -> None:
+@click.option("--tree", is_flag=True, help="With the timelines of its child runs, each under the call that started it.")
+def events(run_id: str, as_json: bool, tree: bool) -> None:
     """Show a run's timeline."""
-    timeline = request("GET", f"/v1/runs/{run_id}/events")
+    timeline = tree_timeline(run_id) if tree else [(0, run_id, event) for event in request("GET", f"/v1/runs/{run_id}/events")]
     if as_json:
-        for event in timeline:
-            click.echo(json.dumps(event))
+        for depth, source_run, event in timeline:
+            click.echo(json.dumps({**event, "run_id": source_run, "depth": depth} if tree else event))
         return
-    start = datetime.fromisoformat(timeline[0]["at"]) if timeline else None
-    for event in timeline:
+    start = datetime.fromisoformat(timeline[0][2]["at"]) if timeline else None
+    for depth, source_run, event in timeline:
         offset = (datetime.fromisoformat(event["at"]) - start).total_seconds()
-        undo = ids.undo_label(run_id, event["source"])
+        undo = ids.undo_label(source_run, event["source"])
         where = f" [{undo}]" if undo else ""
-        click.echo(f"{offset:8.3f}s  #{event['step_id']:<3} {event['kind']:<22} {event['summary'] or ''}{where}")
+        click.echo(f"{offset:8.3f}s  {'  ' * depth}#{event['step_id']:<3} {event['kind']:<22} {event['summary'] or ''}{where}")
+
+
+def tree_timeline(run_id: str, depth: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
+    """The run's events, each child run's right after the `child_started` event of the call that started it."""
+    timeline = []
+    for event in request("GET", f"/v1/runs/{run_id}/events"):
+        timeline.append((depth, run_id, event))
+        if event["kind"] == "child_started":
+            timeline += tree_timeline(event["payload"]["child_run_id"], depth + 1)
+    return timeline
 
 
 @main.command()

@@ -88,6 +88,7 @@ class RunStarted(BaseModel):
 class ApprovalView(BaseModel):
     approval_id: str
     run_id: str
+    root_run_id: str = Field(description="The run at the top of the run's tree: itself, or the run whose agent tool started it")
     tool: str
     arguments: dict[str, Any]
     status: ApprovalStatus
@@ -131,6 +132,8 @@ class RunView(BaseModel):
     cost_usd: float
     waiting_for: dict[str, Any] | None = Field(None, description="What a parked run waits for (a dependency, a Retry-After)")
     forked_from: str | None
+    parent_run_id: str | None = Field(None, description="The run whose agent tool's call started this child run")
+    root_run_id: str | None = Field(None, description="The run at the top of this run's tree (itself, if it has no parent)")
     created_at: datetime
     updated_at: datetime
     pending_approval: ApprovalView | None = None

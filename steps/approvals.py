@@ -15,8 +15,9 @@ from steps.errors import UserError
 from steps.fork_reuse import reusable
 from steps.retry import OUTAGE_RETRIES
 
-COLUMNS = """approval_id, run_id, tool, arguments, status, requested_at, expires_at, escalations,
-             decided_by, decided_by_key_id, decided_at, comment"""
+COLUMNS = """approval_id, run_id, split_part(run_id, ':', 1) AS root_run_id, tool, arguments, status, requested_at, expires_at,
+             escalations, decided_by, decided_by_key_id, decided_at, comment"""
+"""`root_run_id`: the run at the top of a child run's tree (`steps.ids.root_of`), where a person looks for the request."""
 ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 """Every status a request can have (the table's CHECK constraint says the same; a test holds them together)."""
 APPROVAL_STATUSES: tuple[str, ...] = get_args(ApprovalStatus)

@@ -19,12 +19,22 @@ FOR UPDATE  -- and a `ctx.db` transaction still open on one of them
 IN_FLIGHT = "SELECT 1 FROM keel.tool_calls WHERE run_id = %s AND status = 'started' AND lease_expires_at > now() LIMIT 1"
 
 
+CHILD_EFFECTS = """
+SELECT 1 FROM keel.tool_calls WHERE run_id = %s AND status = 'succeeded' AND reused_from IS NULL AND tool = ANY(%s) LIMIT 1
+"""
+
+
 @DBOS.step(name="keel.compensation_plan", **OUTAGE_RETRIES)
-async def plan_compensations_step(run_id: str, compensable: list[str], irreversible: list[str]) -> list[dict[str, Any]]:
+async def plan_compensations_step(run_id: str, compensable: list[str], irreversible: list[str],
+                                  delegates: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """The run's effects to undo, newest first, numbered from 1; irreversible ones are listed too.
+
+    `delegates` names the agent tools among `compensable`, each with its agent's tools that make
+    effects: a child run that made none is not an effect of this run.
 
     It first waits for a tool call still in flight (a cancelled run's last step) to release its
     lease (`steps.ledger`), so its effect is in the plan."""
+    delegates = delegates or {}
     async with db.pool().connection() as conn:
         while await (await conn.execute(IN_FLIGHT, (run_id,))).fetchone():
             await asyncio.sleep(0.1)
@@ -33,6 +43,8 @@ async def plan_compensations_step(run_id: str, compensable: list[str], irreversi
         cursor = conn.cursor(row_factory=dict_row)
         rows = await (await cursor.execute(EFFECTS, (run_id,))).fetchall()
         for row in (r for r in rows if r["tool"] in compensable or r["tool"] in irreversible):
+            if row["tool"] in delegates and not await (await conn.execute(CHILD_EFFECTS, (row["result"]["run_id"], delegates[row["tool"]]))).fetchone():
+                continue
             n = len(plan) + 1
             status = "pending" if row["tool"] in compensable else "irreversible"
             entry = {**row, "n": n, "status": status, "workflow_id": ids.compensation_id(run_id, n) if status == "pending" else None}

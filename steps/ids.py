@@ -11,6 +11,8 @@ workflow. Everything derived from a run carries a separator a run ID never holds
     <run>:rollback             the rollback (workflow `keel.rollback`)
     <run>:compensate:<n>       undo number n (workflow `keel.compensate`, and its ledger key)
     <run>-fork-<8 hex>         a fork of the run (itself a run)
+    <run>:<step>:child         the child run a call of an agent tool started (itself a run; its
+                               root is the part before the first `:`)
 
 So a client's name can never become one of these (issue 13 item 4). Runs created before Keel named
 them all keep their client-chosen IDs and stay readable (`READABLE_RUN_ID`)."""
@@ -85,3 +87,16 @@ def run_of(workflow_id: str) -> str:
 def undo_label(run_id: str, source: str) -> str | None:
     """`compensate:<n>` for an event written by one of the run's undo calls; None for the run's own."""
     return source.removeprefix(run_id + ":") if source != run_id and run_of(source) == run_id else None
+
+
+CHILD = ":child"
+
+
+def child_run_id(run_id: str, step_id: int) -> str:
+    """The run an agent tool's call at `step_id` of `run_id` starts: derived from that call's ledger key."""
+    return ledger_key(run_id, step_id) + CHILD
+
+
+def root_of(run_id: str) -> str:
+    """The run at the top of `run_id`'s tree of child runs (itself, if it has no parent)."""
+    return run_id.split(":", 1)[0]

@@ -47,3 +47,7 @@ class Reason(StrEnum):
     TOOL_FAILED = "tool_failed"
     MODEL_FAILED = "model_failed"
     CANCELLED = "cancelled"
+    CHILD_FAILED = "child_failed"
+    """A child run (an agent tool's call) failed, for a reason other than spending what this run had left."""
+    PARENT_ROLLED_BACK = "parent_rolled_back"
+    """A child run that succeeded, then was rolled back with the run that started it."""

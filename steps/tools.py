@@ -140,6 +140,14 @@ class Tool:
     """Undoes this tool's effect when the run fails or is cancelled: called as
     `compensation(ctx, arguments=<the call's arguments>, result=<its recorded result>)`."""
     irreversible: bool = False
+    delegate: Any = None
+    """The agent (`workflows.Agent`) a call of this tool hands its `input` to, as a child run
+    (`Agent.as_tool`); its effects are undone with the caller's, by the child's own rollback."""
+
+    @property
+    def undoable(self) -> bool:
+        """Whether a failed run undoes this tool's effects: it has a compensation, or it delegates."""
+        return self.compensation is not None or self.delegate is not None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.function(*args, **kwargs)

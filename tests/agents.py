@@ -159,3 +159,9 @@ billing_in_a_hurry = Agent(
     output_type=Resolution,
     max_seconds=3.0,
 )
+
+delegator = Agent("delegator", instructions="Hand work to the agents you are asked to call.",
+                  tools=[probe.as_tool(name="ask_probe"), billing, refuse], max_turns=12)
+"""Calls the probe (`ask_probe`) and the billing agent (`billing`, as `tools=[billing]` names it) as child runs."""
+thrifty_delegator = Agent("thrifty-delegator", instructions="Hand work to the probe.", tools=[probe], max_tokens=300)
+"""A parent whose token budget its child runs spend too."""

@@ -1,5 +1,6 @@
 """`Agent`: the declaration of an agent, and the registry of agents by their durable name."""
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -56,7 +57,7 @@ class Agent(Generic[OutputT]):
         name: str,
         *,
         instructions: str,
-        tools: list[Tool | Any] = (),  # type: ignore[assignment]
+        tools: "list[Tool | Agent[Any] | Any]" = (),  # type: ignore[assignment]
         model: str | None = None,
         output_type: type[OutputT] | None = None,
         max_turns: int = 10,
@@ -89,7 +90,7 @@ class Agent(Generic[OutputT]):
                 raise UserError(f"{label} must be positive, not {limit}")
         self.name = name
         self.instructions = instructions
-        self.tools = {t.name: t for t in (t if isinstance(t, Tool) else tool(t) for t in tools)}
+        self.tools = {t.name: t for t in (t if isinstance(t, Tool) else t.as_tool() if isinstance(t, Agent) else tool(t) for t in tools)}
         if len(self.tools) != len(tools):
             raise UserError(f"agent {name!r} has two tools with the same name")
         self.model = model
@@ -105,6 +106,22 @@ class Agent(Generic[OutputT]):
         self.parallel_tool_calls = parallel_tool_calls
         self.tool_schemas = [t.schema() for t in self.tools.values()]
         _registry[name] = self
+
+    def as_tool(self, name: str | None = None, description: str | None = None) -> Tool:
+        """This agent as another agent's tool (`tools=[agent]` does the same with the defaults): a call
+        hands the model's `input` to this agent as a child run, which the caller awaits durably.
+
+        The child has its own timeline and ledger; it spends from what the caller has left (turns,
+        tokens, cost, wall-clock), it is cancelled with the caller, and the caller's rollback rolls
+        it back, at the call's place among the caller's effects."""
+        async def delegate(input: str) -> Any:
+            """Args:
+                input: what to ask the agent, in full: it sees nothing of this conversation.
+            """
+            raise AssertionError("an agent tool's call runs as a child run, not as a function")  # pragma: no cover
+
+        built = tool(delegate, name=name or self.name)
+        return dataclasses.replace(built, delegate=self, description=description or f"Ask the {self.name} agent: {_summary(self.instructions)}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, tools={list(self.tools)})"
@@ -165,6 +182,11 @@ def get_agent(name: str) -> Agent[Any]:
 
 def agent_names() -> list[str]:
     return sorted(_registry)
+
+
+def _summary(instructions: str) -> str:
+    first = instructions.strip().split("\n\n", 1)[0]
+    return " ".join(first.split())[:300]
 
 
 def _errors(exc: ValidationError) -> str:

@@ -10,21 +10,24 @@ The loop itself is the agent's (`Agent.drive`): Keel's own (`AgentRun.keel_loop`
 (`workflows.frameworks`), whose model and tool seams call this run's `ask_model` and `call_tool`."""
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import Awaitable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, NoReturn, Protocol
 
-from dbos import DBOS
+from dbos import DBOS, SetWorkflowID
 
 from steps import ids, tracing
+from steps.delegation import child_outcome_step, delegate_step
 from steps.errors import RunFailed, UserError
 from steps.events import record_step
 from steps.fork_reuse import NEEDS_APPROVAL
 from steps.ledger import tool_call_step
 from steps.llm import ModelRequest, llm_step
+from steps.run_status import Reason
 from steps.tools import ApprovalPolicy, Tool
 from workflows.agent import Agent, get_agent
 from workflows.approvals import Ask, request_approvals, wait_for_decision
@@ -45,7 +48,8 @@ async def agent_run(request: dict[str, Any]) -> Any:
     assert run_id is not None
     agent = get_agent(request["agent"])
     fork = await read_fork(run_id)  # a fork may change the model or the instructions, and reuses its origin's outcomes
-    run = AgentRun(agent, DurableOperations(run_id, agent, reuses_from=fork and fork.reuses_from), **(fork.overrides() if fork else {}))
+    run = AgentRun(agent, DurableOperations(run_id, agent, reuses_from=fork and fork.reuses_from), **(fork.overrides() if fork else {}),
+                   inherited=Limits(**request["limits"]) if request.get("limits") else None)
     tracing.run_started(run_id, agent.name)
     try:
         output = await run.execute(request["input"])
@@ -75,6 +79,30 @@ class Halted(BaseException):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What a child run may spend: what its parent has left when it starts it (None: no limit)."""
+
+    max_turns: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    deadline: float | None = None
+    """Epoch seconds."""
+
+    def tighter(self, other: "Limits | None") -> "Limits":
+        if other is None:
+            return self
+        return Limits(**{name: least(getattr(self, name), getattr(other, name)) for name in ("max_turns", "max_tokens", "max_cost_usd", "deadline")})
+
+
+def least(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def left(limit: Any, spent: Any) -> Any:
+    return None if limit is None else max(limit - spent, 0)
+
+
+@dataclass(frozen=True)
 class ToolCall:
     """A call to make through the ledger: `decision` is the settled approval it goes ahead on, if it needed one."""
 
@@ -94,6 +122,8 @@ class Operations(Protocol):
         """Start each call's first step now, in order, and all at once; the awaitable gives their outcomes."""
     async def finish_tools(self, calls: list[ToolCall], firsts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """From the first steps' outcomes: each call that asked to park goes on alone, in order."""
+    async def delegate(self, call: ToolCall, limits: Limits) -> dict[str, Any]:
+        """Run the agent tool's agent as a child run on the call's input, within `limits`; how it ended (`child_outcome_step`)."""
     async def request_approvals(self, asks: list[Ask]) -> list[str | None]:
         """Open each request, in order: the approval IDs (None: a fork's call that needs nobody)."""
     async def decision(self, ask: Ask, approval_id: str | None) -> dict[str, Any]:
@@ -134,6 +164,15 @@ class DurableOperations:
     async def request_approvals(self, asks: list[Ask]) -> list[str | None]:
         return await request_approvals(asks, origin=self.reuses_from)
 
+    async def delegate(self, call: ToolCall, limits: Limits) -> dict[str, Any]:
+        child_agent = call.tool.delegate.name
+        child = await delegate_step(call.tool.name, child_agent, call.arguments, call.call_id)
+        with SetWorkflowID(child), tracing.carried():  # a DBOS child workflow, named once: a recovered parent finds it again
+            handle = await DBOS.start_workflow_async(agent_run, {"agent": child_agent, "input": call.arguments["input"], "limits": asdict(limits)})
+        with contextlib.suppress(Exception):  # a failed child raises its failure here; the outcome step reads how it ended
+            await handle.get_result()
+        return await child_outcome_step(child)
+
     async def decision(self, ask: Ask, approval_id: str | None) -> dict[str, Any]:
         return await wait_for_decision(ask, approval_id)
 
@@ -144,8 +183,12 @@ class DurableOperations:
 class AgentRun:
     """One run of an agent: its budgets, turns and re-asks, and every durable call it makes."""
 
-    def __init__(self, agent: Agent[Any], ops: Operations, *, model: str | None = None, instructions: str | None = None) -> None:
+    def __init__(self, agent: Agent[Any], ops: Operations, *, model: str | None = None, instructions: str | None = None,
+                 inherited: Limits | None = None) -> None:
+        """`inherited`: what the parent had left, for a child run; the tighter of it and the agent's own bounds hold."""
         self.agent = agent
+        self.limits = Limits(max_turns=agent.max_turns, max_tokens=agent.max_tokens, max_cost_usd=agent.max_cost_usd).tighter(inherited)
+        self.inherited_deadline = inherited.deadline if inherited else None
         self.ops = ops
         self.model = model or agent.model
         self.instructions = instructions
@@ -156,6 +199,8 @@ class AgentRun:
         self.tokens = 0
         self.cost_usd = 0.0
         self.turn = 0
+        self.delegated_turns = 0
+        """Model calls of this run's child runs: they count against its `max_turns` too."""
         self.sent = 0
         self.deadline: float | None = None
         self.halted: Halted | None = None
@@ -168,7 +213,7 @@ class AgentRun:
         token = _current.set(self)
         try:
             started_at = await self.ops.event("run_started", {"agent": self.agent.name, "input": user_input})
-            self.deadline = started_at + self.agent.max_seconds if self.agent.max_seconds else None
+            self.deadline = least(started_at + self.agent.max_seconds if self.agent.max_seconds else None, self.inherited_deadline)
             output = await self.agent.drive(self, user_input)
             self.refuse_after_failure()  # a framework that swallowed the run's failure does not make it a success
             await self.ops.event("run_finished", {"status": "succeeded", "turns": self.turn})
@@ -217,8 +262,9 @@ class AgentRun:
         `label` names who asks (a framework's agent), for the timeline."""
         self.refuse_after_failure()
         agent = self.agent
-        if self.turn >= agent.max_turns:
-            await self.fail("max_turns_exceeded", f"no final answer after {agent.max_turns} turns")
+        max_turns = self.limits.max_turns
+        if max_turns is not None and self.turn + self.delegated_turns >= max_turns:
+            await self.fail("max_turns_exceeded", f"no final answer after {max_turns} turns")
         await self.check_budgets()
         self.turn += 1
         request = ModelRequest(model=self.model, messages=list(messages), tools=tools, turn=self.turn, already_sent=min(self.sent, len(messages)),
@@ -249,12 +295,33 @@ class AgentRun:
         if (refused := await self.refusal(found, decision)) is not None:
             return refused
         tool_call = ToolCall(found, arguments, call["id"], decision)
+        if found.delegate is not None:
+            return await self.delegate(tool_call)
         return await self.answer(tool_call, (await self.tools([tool_call]))[0])
+
+    async def delegate(self, call: ToolCall) -> Any:
+        """A call of an agent tool: its agent runs as a child run, within what this run has left; the
+        child's answer is the reply, and a child that fails fails this run."""
+        limits = Limits(max_turns=left(self.limits.max_turns, self.turn + self.delegated_turns), max_tokens=left(self.limits.max_tokens, self.tokens),
+                        max_cost_usd=left(self.limits.max_cost_usd, self.cost_usd), deadline=self.deadline)
+        outcome = await self.ops.delegate(call, limits)
+        self.tools_used.append(call.tool.name)  # the child's effects: this run's rollback rolls the child back
+        self.delegated_turns += outcome["turns"]
+        self.tokens += outcome["tokens"]
+        self.cost_usd += outcome["cost_usd"]
+        if outcome["status"] == "succeeded":
+            return outcome["output"]
+        spent = outcome["reason"] in (Reason.BUDGET_EXHAUSTED, Reason.MAX_TURNS_EXCEEDED)  # what the child had was this run's too
+        await self.fail(outcome["reason"] if spent else Reason.CHILD_FAILED,
+                        f"child run {outcome['child_run_id']} ({call.tool.delegate.name}) ended {outcome['status']}: "
+                        f"{outcome['error'] or outcome['reason']}")
 
     async def tool_replies(self, calls: list[dict[str, Any]]) -> list[Any]:
         """The replies to one turn's tool calls, made at once: every approval they need is asked for
         first, the calls that need none run while the approvals wait (each on its own), and the
         approved calls then run together."""
+        if any(getattr(self.agent.tools.get(call["function"]["name"]), "delegate", None) for call in calls):
+            return [await self.tool_outcome(call) for call in calls]  # a child run is awaited in workflow code, between steps
         replies: dict[str, Any] = {}
         free: list[ToolCall] = []
         asking: list[ToolCall] = []
@@ -356,11 +423,11 @@ class AgentRun:
 
     async def check_budgets(self) -> None:
         """Refuse the next model call once a budget is spent (totals come from recorded outputs)."""
-        agent = self.agent
-        if agent.max_tokens is not None and self.tokens >= agent.max_tokens:
-            await self.fail("budget_exhausted", f"used {self.tokens} tokens of a budget of {agent.max_tokens}")
-        if agent.max_cost_usd is not None and self.cost_usd >= agent.max_cost_usd:
-            await self.fail("budget_exhausted", f"spent ${self.cost_usd:.4f} of a budget of ${agent.max_cost_usd}")
+        limits = self.limits
+        if limits.max_tokens is not None and self.tokens >= limits.max_tokens:
+            await self.fail("budget_exhausted", f"used {self.tokens} tokens of a budget of {limits.max_tokens}")
+        if limits.max_cost_usd is not None and self.cost_usd >= limits.max_cost_usd:
+            await self.fail("budget_exhausted", f"spent ${self.cost_usd:.4f} of a budget of ${limits.max_cost_usd}")
 
     async def reask(self, problem: str, tool_call_id: str | None = None) -> None:
         """Count a reply the model must redo; past the agent's bound, the run fails. The next model

@@ -5,7 +5,9 @@ cancelled from outside Keel (`dbos workflow cancel`, `DBOSClient.cancel_workflow
 way, but nothing of Keel's hears of it: every worker looks for such runs at its heartbeat and
 finishes them, and `keel doctor` lists the ones not finished yet. The rollback's workflow
 (`<run>:rollback`) marks a finished cancel, and starting it twice starts it once, so several workers
-may race for a run."""
+may race for a run.
+
+Cancelling a run cancels its child runs (agent tools' calls) with it, and finishes them the same way."""
 
 import json
 import logging
@@ -24,8 +26,10 @@ RECENT_SECONDS = 7 * 24 * 3600.0
 the search costs in proportion to the runs cancelled in this window, not to all runs ever."""
 
 UNFINISHED = """
-SELECT s.workflow_uuid, i.inputs FROM dbos.workflow_status s JOIN dbos.workflow_input i USING (workflow_uuid)
-WHERE s.status = 'CANCELLED' AND s.name = 'keel.agent_run' AND s.created_at > %s
+SELECT s.workflow_uuid, i.inputs, s.parent_workflow_id,
+       (SELECT p.status FROM dbos.workflow_status p WHERE p.workflow_uuid = s.parent_workflow_id) AS parent_status
+FROM dbos.workflow_status s JOIN dbos.workflow_input i USING (workflow_uuid)
+WHERE s.status = 'CANCELLED' AND s.name = 'keel.agent_run' AND s.created_at > %s AND left(s.workflow_uuid, length(%s)) = %s
   AND NOT EXISTS (SELECT 1 FROM dbos.workflow_status r WHERE r.workflow_uuid = s.workflow_uuid || ':rollback')
 """
 OUTSIDE = "cancelled outside Keel (by DBOS's cancel_workflow, e.g. `dbos workflow cancel`); its approvals are cancelled and its effects undone"
@@ -37,20 +41,23 @@ async def finish_cancel(run_id: str, agent: str) -> None:
     await start_rollback(run_id, agent, "cancelled")
 
 
-async def finish_outside_cancels(*, within: float = RECENT_SECONDS) -> list[str]:
-    """Finish the runs cancelled from outside Keel in the last `within` seconds; returns their IDs."""
+async def finish_outside_cancels(*, within: float = RECENT_SECONDS, under: str = "") -> list[str]:
+    """Finish the runs cancelled from outside Keel in the last `within` seconds, and the child runs
+    cancelled with their parent (DBOS cancels a run's children with it); returns their IDs. `under`:
+    only runs whose IDs start with it (a cancelled run's descendants, `<run>:`)."""
     since_ms = int((time.time() - within) * 1000)
     async with db.pool().connection() as conn:
-        rows = await (await conn.execute(UNFINISHED, (since_ms,))).fetchall()
+        rows = await (await conn.execute(UNFINISHED, (since_ms, under, under))).fetchall()
     known = set(agent_names())
     finished = []
-    for run_id, inputs in rows:
+    for run_id, inputs, parent, parent_status in rows:
         agent = json.loads(inputs)["positionalArgs"][0]["agent"]
         if agent not in known:  # a worker that runs this agent finishes it
             continue
-        await events.record(run_id, 0, "run_finished", {"status": RunStatus.CANCELLED, "reason": Reason.CANCELLED, "message": OUTSIDE})
+        message = f"cancelled with its parent run {parent}" if parent_status == "CANCELLED" else OUTSIDE
+        await events.record(run_id, 0, "run_finished", {"status": RunStatus.CANCELLED, "reason": Reason.CANCELLED, "message": message})
         await finish_cancel(run_id, agent)
         finished.append(run_id)
-    if finished:
+    if finished and not under:
         log.warning("finished %d run(s) cancelled outside Keel: %s", len(finished), ", ".join(finished))
     return finished

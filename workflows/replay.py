@@ -99,6 +99,11 @@ class RecordedOperations:
             outcome = self.output(self.take(name, doing))
         return outcome
 
+    async def delegate(self, call: ToolCall, limits: Any) -> dict[str, Any]:
+        self.take("keel.delegate", self.doing(call))
+        self.take("keel.agent_run", f"child run of {call.tool.delegate.name}")
+        return self.output(self.take("keel.child_outcome", f"outcome of the child run of {call.tool.delegate.name}"))
+
     async def request_approvals(self, asks: list[Ask]) -> list[str | None]:
         return [self.output(self.take("keel.approval_request", f"approval for {ask.name}"))["approval_id"] for ask in asks]
 

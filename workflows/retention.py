@@ -34,6 +34,7 @@ ENDED = list(dbos_seam.DBOS_ENDED)
 CANDIDATES = """
 SELECT r.workflow_uuid FROM dbos.workflow_status r
 WHERE r.name = 'keel.agent_run' AND r.status = ANY(%(ended)s) AND r.updated_at < %(cutoff)s
+  AND r.parent_workflow_id IS NULL  -- a child run goes with its parent's family, never before: the parent's rollback reads it
   AND r.workflow_uuid <> ALL(%(kept)s)
   AND NOT EXISTS (SELECT 1 FROM keel.forks f JOIN dbos.workflow_status fork ON fork.workflow_uuid = f.run_id
                   WHERE f.forked_from = r.workflow_uuid AND fork.status <> ALL(%(ended)s))

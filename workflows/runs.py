@@ -16,12 +16,12 @@ from steps.run_status import ENDED, FINISHED, UNCANCELLABLE
 from workflows import run_queue
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
-from workflows.cancels import finish_cancel
+from workflows.cancels import finish_cancel, finish_outside_cancels
 from workflows.forks import record_fork
 from workflows.saga import retry_compensations
 
 COLUMNS = """run_id, agent, input, status, reason, output, error, turns, tokens, cost_usd, waiting_for, forked_from,
-             created_at, updated_at, pending_approval_id"""
+             parent_run_id, root_run_id, created_at, updated_at, pending_approval_id"""
 
 
 STATUS_CANDIDATES = {
@@ -31,7 +31,7 @@ STATUS_CANDIDATES = {
     "succeeded": "dbos_status = 'SUCCESS'",
     "cancelled": "dbos_status = 'CANCELLED'",
     "failed": "dbos_status IN ('ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')",
-    "compensated": "dbos_status IN ('ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')",
+    "compensated": "dbos_status IN ('ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', 'SUCCESS')",  # a child run rolled back with its parent
     "compensating": """run_id IN (SELECT left(workflow_uuid, -length(':rollback')) FROM dbos.workflow_status
                                   WHERE status IN ('PENDING', 'ENQUEUED') AND name = 'keel.rollback')""",
     "compensation_failed": "run_id IN (SELECT run_id FROM keel.compensations WHERE status = 'failed')",
@@ -112,8 +112,9 @@ async def cancel_run(run_id: str) -> dict[str, Any]:
     run = await get_run(run_id)
     if run["status"] in UNCANCELLABLE:
         raise RunConflict(f"run {run_id} already ended: {run['status']}")
-    await DBOS.cancel_workflow_async(run_id)
+    await DBOS.cancel_workflow_async(run_id, cancel_children=True)
     await finish_cancel(run_id, run["agent"])
+    await finish_outside_cancels(under=run_id + ":")  # its child runs, cancelled with it
     return await get_run(run_id)
 
 
@@ -179,6 +180,14 @@ async def list_runs(*, status: str | None = None, agent: str | None = None, limi
         await conn.execute("SET LOCAL jit = off")  # a page is milliseconds of indexed reads; JIT would compile for seconds
         cursor = conn.cursor(row_factory=dict_row)
         return await (await cursor.execute(query, params)).fetchall()
+
+
+async def child_runs(run_id: str) -> list[dict[str, Any]]:
+    """The child runs the run's agent tool calls started, oldest first."""
+    async with db.pool().connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        return await (await cursor.execute(
+            "SELECT run_id, agent, status, reason FROM keel.runs WHERE parent_run_id = %s ORDER BY created_at", (run_id,))).fetchall()
 
 
 async def get_events(run_id: str) -> list[dict[str, Any]]:

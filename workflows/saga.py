@@ -53,7 +53,7 @@ def undo_wait(outcome: dict[str, Any], policy: RetryPolicy) -> float | None:
 
 
 def needs_rollback(agent: Agent, tools_used: list[str]) -> bool:
-    return any(agent.tools[name].compensation or agent.tools[name].irreversible for name in tools_used)
+    return any(agent.tools[name].undoable or agent.tools[name].irreversible for name in tools_used)
 
 
 async def start_rollback(run_id: str, agent: str, reason: str) -> Any:
@@ -66,9 +66,10 @@ async def start_rollback(run_id: str, agent: str, reason: str) -> Any:
 async def rollback(request: dict[str, Any]) -> dict[str, Any]:
     run_id, agent = request["run_id"], get_agent(request["agent"])
     tracing.annotate({"keel.run_id": run_id, "keel.rollback.reason": request["reason"]})
-    compensable = [name for name, t in agent.tools.items() if t.compensation]
+    compensable = [name for name, t in agent.tools.items() if t.undoable]
     irreversible = [name for name, t in agent.tools.items() if t.irreversible]
-    plan = await plan_compensations_step(run_id, compensable, irreversible)
+    delegates = {name: [n for n, c in t.delegate.tools.items() if c.undoable or c.irreversible] for name, t in agent.tools.items() if t.delegate}
+    plan = await plan_compensations_step(run_id, compensable, irreversible, delegates)
     for effect in plan:
         if effect["status"] == "irreversible":
             continue
@@ -84,11 +85,15 @@ async def rollback(request: dict[str, Any]) -> dict[str, Any]:
 
 @DBOS.workflow(name="keel.compensate")
 async def compensate(effect: dict[str, Any]) -> Any:
-    """Undo one effect: the tool's compensation, through the ledger, until it succeeds."""
-    undo = get_agent(effect["agent"]).tools[effect["tool"]].compensation
-    assert undo is not None, f"{effect['tool']} has no compensation"
+    """Undo one effect: the tool's compensation, through the ledger, until it succeeds; for an agent
+    tool's call, the child run's own rollback."""
+    used = get_agent(effect["agent"]).tools[effect["tool"]]
     run_id, n = effect["run_id"], effect["n"]
     tracing.compensation_started(run_id, effect["tool"], n, effect["idempotency_key"])
+    if used.delegate is not None:
+        return await undo_child(effect, used.delegate.name)
+    undo = used.compensation
+    assert undo is not None, f"{effect['tool']} has no compensation"
     parking = Parking(wait=functools.partial(undo_wait, policy=undo.retry), max_parks=math.inf, budget=effect.get("retry_budget", RETRY_BUDGET))
     rounds = 0
 
@@ -110,6 +115,15 @@ async def compensate(effect: dict[str, Any]) -> Any:
             return outcome["result"]
         await mark_compensation_step(run_id, n, "failed", outcome["error"], rounds)
         await DBOS.recv_async(topic=RETRY_TOPIC, timeout_seconds=RETRY_WAIT_SECONDS)
+
+
+async def undo_child(effect: dict[str, Any], agent: str) -> Any:
+    """Roll the child run back (once: a child that failed or was cancelled started its rollback already)."""
+    run_id, n = effect["run_id"], effect["n"]
+    await mark_compensation_step(run_id, n, "running", None, 1)
+    rolled_back = await (await start_rollback(effect["result"]["run_id"], agent, f"its parent run {run_id} was rolled back")).get_result()
+    await mark_compensation_step(run_id, n, "succeeded", None, 1)
+    return rolled_back
 
 
 async def retry_compensations(failed: list[dict[str, Any]]) -> None:

@@ -39,6 +39,7 @@ from workflows import (
     RunNotFound,
     UserError,
     agent_names,
+    child_runs,
     decide,
     get_events,
     get_run,
@@ -212,7 +213,7 @@ async def run_page(request: Request, run_id: str, user: User) -> Response:
         event["offset"] = (event["at"] - start).total_seconds()
         event["undo"] = ids.undo_label(run_id, event["source"])
     decided = [a for a in await list_approvals(run_id=run_id) if a["status"] != "pending"]
-    return page(request, "run.html", user, run=run, events=events, decided=decided)
+    return page(request, "run.html", user, run=run, events=events, decided=decided, children=await child_runs(run_id))
 
 
 @router.get("/approvals")
