@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     offline_model_token: SecretStr | None = Field(None, alias="KEEL_OFFLINE_MODEL_TOKEN")
     """The key Keel's model client sends to the offline model; unset: a random one per process.
     `keel serve` gives its workers one, since a worker's model call may reach any worker of the port."""
-    agent_modules: str = Field("app.demo.billing", alias="KEEL_AGENT_MODULES")
+    agent_modules: str = Field("app.demo.billing,app.demo.support", alias="KEEL_AGENT_MODULES")
     """Comma-separated modules imported at start-up; each defines `Agent`s."""
     failpoints: str = Field("", alias="KEEL_FAILPOINTS")
     """Comma-separated failpoints that SIGKILL this process (crash tests only)."""

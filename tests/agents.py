@@ -8,6 +8,7 @@ from typing import Any
 
 from app.demo.billing import Resolution, billing
 from app.demo.billing.tools import Sandbox
+from app.demo.support import Triage, support
 from workflows import Agent, ApprovalPolicy, AskModel, PermanentToolError, RetryPolicy, ToolContext, TransientToolError, tool
 
 
@@ -165,3 +166,7 @@ delegator = Agent("delegator", instructions="Hand work to the agents you are ask
 """Calls the probe (`ask_probe`) and the billing agent (`billing`, as `tools=[billing]` names it) as child runs."""
 thrifty_delegator = Agent("thrifty-delegator", instructions="Hand work to the probe.", tools=[probe], max_tokens=300)
 """A parent whose token budget its child runs spend too."""
+
+support_on_a_budget = Agent("support-on-a-budget", instructions=support.instructions, tools=list(support.tools.values()),
+                            output_type=Triage, max_tokens=750)
+"""The support demo with a token budget its billing child runs out of: after its ticket, before its charge."""

@@ -61,12 +61,15 @@ async def create_charge(charge: ChargeCreate, key: IdempotencyKey, response: Res
 
 
 @router.get("/payments/charges")
-async def list_charges(idempotency_key: Annotated[str | None, Query()] = None) -> list[dict[str, Any]]:
+async def list_charges(idempotency_key: Annotated[str | None, Query()] = None,
+                       customer_id: Annotated[str | None, Query()] = None) -> list[dict[str, Any]]:
     async with pool().connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         query = f"SELECT {CHARGE_COLUMNS} FROM sandbox.payments"
         if idempotency_key is not None:
             return await (await cursor.execute(f"{query} WHERE idempotency_key = %s", (idempotency_key,))).fetchall()
+        if customer_id is not None:
+            return await (await cursor.execute(f"{query} WHERE customer_id = %s ORDER BY id DESC LIMIT 100", (customer_id,))).fetchall()
         return await (await cursor.execute(f"{query} ORDER BY id DESC LIMIT 100")).fetchall()
 
 

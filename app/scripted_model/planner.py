@@ -26,6 +26,8 @@ BILLING_STEPS: tuple[str, ...] = (
 HANDOFF_PREFIX = "transfer_to_"
 """Tools named so hand the conversation to another agent (the OpenAI Agents SDK's handoffs)."""
 _BILLING_REQUEST = re.compile(r"upgrade customer ([A-Za-z]-?\d+) to the (\w+) plan", re.IGNORECASE)
+_SUPPORT_REQUEST = re.compile(r"support request from customer ([A-Za-z]-?\d+)", re.IGNORECASE)
+_PLAN_CHANGE = re.compile(r"(?:move|switch|upgrade)\b.*?\bto the (\w+) plan", re.IGNORECASE)
 _SAY_REQUEST = re.compile(r"say\s+(.*)", re.IGNORECASE | re.DOTALL)
 _CALL_CLAUSE = re.compile(r"\s*call\s+([\w.:-]+)\s+with\s+", re.IGNORECASE)
 _THEN = re.compile(r"\s*then\s+", re.IGNORECASE)
@@ -144,6 +146,7 @@ def next_reply(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> R
     scripts: tuple[Callable[[Conversation, set[str | None]], Reply | None], ...] = (
         _say_script,
         _generic_script,
+        _support_script,
         _billing_script,
     )
     for script in scripts:
@@ -201,6 +204,30 @@ def _generic_script(conversation: Conversation, offered: set[str | None]) -> Rep
             return _tool_calls(conversation, turn[step - done:])
         done += len(turn)
     raise AssertionError("unreachable: step < len(calls)")
+
+
+def _support_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
+    """The support demo: both lookups in one turn, a plan change handed to `billing`, then the reply."""
+    request = _SUPPORT_REQUEST.search(conversation.first_user_text)
+    if request is None or "billing" not in offered:
+        return None
+    customer_id = request.group(1)
+    change = _PLAN_CHANGE.search(conversation.first_user_text)
+    results = {result.tool_name: result.value for result in conversation.results}
+
+    def answer(summary: str) -> Reply:
+        return Reply(content=json.dumps({"customer_id": customer_id, "category": "plan_change" if change else "question", "summary": summary}))
+
+    if failed := next((r for r in conversation.results if is_failure(r.value)), None):
+        return answer(f"Could not help: {failed.tool_name} failed: {failure_message(failed.value)}")
+    if "lookup_customer" not in results:
+        return _tool_calls(conversation, [("lookup_customer", {"customer_id": customer_id}), ("recent_charges", {"customer_id": customer_id})])
+    if change and "billing" not in results:
+        return _tool_call(conversation, "billing", {"input": f"Upgrade customer {customer_id} to the {change.group(1)} plan"})
+    done = _field(results.get("billing"), "summary") or f"{len(results.get('recent_charges') or [])} recent charge(s) on file."
+    if "reply_to_customer" not in results:
+        return _tool_call(conversation, "reply_to_customer", {"to": _field(results["lookup_customer"], "email"), "message": done})
+    return answer(done)
 
 
 def _billing_script(conversation: Conversation, offered: set[str | None]) -> Reply | None:
