@@ -118,9 +118,10 @@ async def test_cancelling_the_parent_cancels_the_child_and_the_approval_it_waits
 
 async def child_of(db: psycopg.AsyncConnection, parent_id: str) -> str:
     """The child run the parent's one agent tool call started, from DBOS's own record of the parent's steps."""
-    await wait_for_row(db, "SELECT 1 FROM dbos.operation_outputs WHERE workflow_uuid = %s AND child_workflow_id IS NOT NULL", parent_id)
-    return await fetch_value(db, "SELECT child_workflow_id FROM dbos.operation_outputs WHERE workflow_uuid = %s AND child_workflow_id IS NOT NULL",
-                             parent_id)
+    started = """SELECT child_workflow_id FROM dbos.operation_outputs
+                 WHERE workflow_uuid = %s AND function_name = 'keel.agent_run' ORDER BY function_id LIMIT 1"""  # not its rollback, also a child
+    await wait_for_row(db, started, parent_id)
+    return await fetch_value(db, started, parent_id)
 
 
 async def wait_for_approval_of(api: httpx.AsyncClient, run_id: str) -> dict:

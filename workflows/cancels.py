@@ -13,6 +13,8 @@ import json
 import logging
 import time
 
+from dbos import DBOS
+
 from steps import db, events
 from steps.approvals import cancel_pending_approvals
 from steps.run_status import Reason, RunStatus
@@ -32,7 +34,27 @@ FROM dbos.workflow_status s JOIN dbos.workflow_input i USING (workflow_uuid)
 WHERE s.status = 'CANCELLED' AND s.name = 'keel.agent_run' AND s.created_at > %s AND left(s.workflow_uuid, length(%s)) = %s
   AND NOT EXISTS (SELECT 1 FROM dbos.workflow_status r WHERE r.workflow_uuid = s.workflow_uuid || ':rollback')
 """
+LIVE_CHILDREN = """
+WITH RECURSIVE tree AS (
+    SELECT workflow_uuid, status FROM dbos.workflow_status WHERE parent_workflow_id = %s AND name = 'keel.agent_run'
+    UNION ALL
+    SELECT s.workflow_uuid, s.status FROM dbos.workflow_status s JOIN tree t ON s.parent_workflow_id = t.workflow_uuid
+    WHERE s.name = 'keel.agent_run'
+)
+SELECT workflow_uuid FROM tree WHERE status IN ('PENDING', 'ENQUEUED')
+"""
+"""A run's child runs, and theirs, still going. Only agent runs: DBOS's own `cancel_children` would also
+cancel a rollback or an undo started from a run's workflow, and strand its compensations."""
 OUTSIDE = "cancelled outside Keel (by DBOS's cancel_workflow, e.g. `dbos workflow cancel`); its approvals are cancelled and its effects undone"
+
+
+async def cancel_child_runs(run_id: str) -> None:
+    """Cancel the run's child runs still going (after the run itself), and finish each like the run."""
+    async with db.pool().connection() as conn:
+        children = [child for (child,) in await (await conn.execute(LIVE_CHILDREN, (run_id,))).fetchall()]
+    if children:
+        await DBOS.cancel_workflows_async(children)
+    await finish_outside_cancels(under=run_id + ":")
 
 
 async def finish_cancel(run_id: str, agent: str) -> None:

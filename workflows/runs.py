@@ -16,7 +16,7 @@ from steps.run_status import ENDED, FINISHED, UNCANCELLABLE
 from workflows import run_queue
 from workflows.agent import get_agent
 from workflows.agent_loop import agent_run
-from workflows.cancels import finish_cancel, finish_outside_cancels
+from workflows.cancels import cancel_child_runs, finish_cancel
 from workflows.forks import record_fork
 from workflows.saga import retry_compensations
 
@@ -112,9 +112,9 @@ async def cancel_run(run_id: str) -> dict[str, Any]:
     run = await get_run(run_id)
     if run["status"] in UNCANCELLABLE:
         raise RunConflict(f"run {run_id} already ended: {run['status']}")
-    await DBOS.cancel_workflow_async(run_id, cancel_children=True)
+    await DBOS.cancel_workflow_async(run_id)
     await finish_cancel(run_id, run["agent"])
-    await finish_outside_cancels(under=run_id + ":")  # its child runs, cancelled with it
+    await cancel_child_runs(run_id)
     return await get_run(run_id)
 
 
