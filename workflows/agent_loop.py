@@ -188,7 +188,6 @@ class AgentRun:
         """`inherited`: what the parent had left, for a child run; the tighter of it and the agent's own bounds hold."""
         self.agent = agent
         self.limits = Limits(max_turns=agent.max_turns, max_tokens=agent.max_tokens, max_cost_usd=agent.max_cost_usd).tighter(inherited)
-        self.inherited_deadline = inherited.deadline if inherited else None
         self.ops = ops
         self.model = model or agent.model
         self.instructions = instructions
@@ -213,7 +212,7 @@ class AgentRun:
         token = _current.set(self)
         try:
             started_at = await self.ops.event("run_started", {"agent": self.agent.name, "input": user_input})
-            self.deadline = least(started_at + self.agent.max_seconds if self.agent.max_seconds else None, self.inherited_deadline)
+            self.deadline = least(started_at + self.agent.max_seconds if self.agent.max_seconds else None, self.limits.deadline)  # a child's: its parent's
             output = await self.agent.drive(self, user_input)
             self.refuse_after_failure()  # a framework that swallowed the run's failure does not make it a success
             await self.ops.event("run_finished", {"status": "succeeded", "turns": self.turn})
