@@ -14,6 +14,9 @@ from steps.retry import RetryPolicy
 from steps.tools import ApprovalPolicy, Tool, tool
 
 AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+HANDOFF_PREFIX = "transfer_to_"
+"""A handoff is offered to the model as a tool named so (the OpenAI Agents SDK's convention)."""
+MAX_TOOL_NAME = 64
 OutputT = TypeVar("OutputT", default=str)
 """The type of an agent's final answer: its `output_type`, or `str` without one."""
 _registry: dict[str, "Agent[Any]"] = {}
@@ -69,13 +72,18 @@ class Agent(Generic[OutputT]):
         max_seconds: float | None = None,
         requires_approval: Callable[[Tool, dict[str, Any]], bool] | None = None,
         parallel_tool_calls: bool = True,
+        handoffs: "list[Agent[OutputT]]" = (),  # type: ignore[assignment]
     ) -> None:
         """Budgets (`max_turns`, `max_tokens`, `max_cost_usd`, `max_seconds` of wall-clock time) are
         computed from recorded step outputs, so a recovered run sees the same totals; the next model
         call is refused once one is spent. `model_timeout` bounds one model call, in seconds.
         `requires_approval(tool, arguments)` adds an agent-wide rule to the tools' own.
         `parallel_tool_calls`: the tool calls the model asks for in one turn run at once; False runs
-        them one after another, in the model's order, for tools that must not overlap."""
+        them one after another, in the model's order, for tools that must not overlap.
+        `handoffs`: agents the model may hand the conversation to, as it would call a tool
+        (`transfer_to_<name>`); the run goes on under that agent, with its instructions and tools,
+        within the budgets of the agent the run started with. They answer with the same
+        `output_type`, since a run has one answer."""
         if not AGENT_NAME.match(name):
             raise UserError(f"agent name {name!r} must match {AGENT_NAME.pattern}")
         if name in _registry:
@@ -104,8 +112,26 @@ class Agent(Generic[OutputT]):
         self.max_seconds = max_seconds
         self.requires_approval = requires_approval
         self.parallel_tool_calls = parallel_tool_calls
-        self.tool_schemas = [t.schema() for t in self.tools.values()]
+        self.handoffs = {f"{HANDOFF_PREFIX}{target.name}": target for target in handoffs}
+        self.reachable_tools = self._reachable_tools()
+        """Every tool a run of this agent may call: its own, and those of the agents it may hand to."""
+        self.tool_schemas = [t.schema() for t in self.tools.values()] + [
+            handoff_schema(tool_name, target) for tool_name, target in self.handoffs.items()]
         _registry[name] = self
+
+    def _reachable_tools(self) -> dict[str, Tool]:
+        reachable = dict(self.tools)
+        for tool_name, target in self.handoffs.items():
+            if tool_name in self.tools or len(tool_name) > MAX_TOOL_NAME:
+                raise UserError(f"agent {self.name!r} cannot offer its handoff to {target.name!r} as a tool named {tool_name!r}: "
+                                f"{'a tool has that name' if tool_name in self.tools else f'longer than {MAX_TOOL_NAME} characters'}")
+            if target.output_type is not self.output_type:
+                raise UserError(f"agent {self.name!r} cannot hand off to {target.name!r}: a run has one answer, and they answer with "
+                                f"{_type_name(self.output_type)} and {_type_name(target.output_type)}")
+            for name, found in target.reachable_tools.items():
+                if reachable.setdefault(name, found) is not found:  # the ledger names a call by its tool's name alone
+                    raise UserError(f"agent {self.name!r} reaches two different tools named {name!r} (one through {target.name!r})")
+        return reachable
 
     def as_tool(self, name: str | None = None, description: str | None = None) -> Tool:
         """This agent as another agent's tool (`tools=[agent]` does the same with the defaults): a call
@@ -182,6 +208,16 @@ def get_agent(name: str) -> Agent[Any]:
 
 def agent_names() -> list[str]:
     return sorted(_registry)
+
+
+def handoff_schema(tool_name: str, target: Agent[Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {
+        "name": tool_name, "description": f"Hand the conversation to the {target.name} agent: {_summary(target.instructions)}",
+        "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}}
+
+
+def _type_name(output_type: type | None) -> str:
+    return "text" if output_type is None else output_type.__name__
 
 
 def _summary(instructions: str) -> str:

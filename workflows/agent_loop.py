@@ -186,9 +186,13 @@ class AgentRun:
     def __init__(self, agent: Agent[Any], ops: Operations, *, model: str | None = None, instructions: str | None = None,
                  inherited: Limits | None = None) -> None:
         """`inherited`: what the parent had left, for a child run; the tighter of it and the agent's own bounds hold."""
+        self.run_agent = agent
+        """The agent the run started with: its budgets hold throughout, and its rollback covers every agent it may hand to."""
         self.agent = agent
+        """The agent reasoning now: another after a handoff."""
         self.limits = Limits(max_turns=agent.max_turns, max_tokens=agent.max_tokens, max_cost_usd=agent.max_cost_usd).tighter(inherited)
         self.ops = ops
+        self.model_override = model
         self.model = model or agent.model
         self.instructions = instructions
         self.reasks_left = agent.max_reasks
@@ -211,9 +215,10 @@ class AgentRun:
     async def execute(self, user_input: str) -> Any:
         token = _current.set(self)
         try:
-            started_at = await self.ops.event("run_started", {"agent": self.agent.name, "input": user_input})
-            self.deadline = least(started_at + self.agent.max_seconds if self.agent.max_seconds else None, self.limits.deadline)  # a child's: its parent's
-            output = await self.agent.drive(self, user_input)
+            agent = self.run_agent
+            started_at = await self.ops.event("run_started", {"agent": agent.name, "input": user_input})
+            self.deadline = least(started_at + agent.max_seconds if agent.max_seconds else None, self.limits.deadline)  # a child's: its parent's
+            output = await agent.drive(self, user_input)
             self.refuse_after_failure()  # a framework that swallowed the run's failure does not make it a success
             await self.ops.event("run_finished", {"status": "succeeded", "turns": self.turn})
             return output
@@ -234,14 +239,15 @@ class AgentRun:
             _current.reset(token)
 
     async def keel_loop(self, user_input: str) -> Any:
-        """Keel's own reasoning loop: Chat Completions with the agent's tools, until a valid final answer."""
-        agent = self.agent
+        """Keel's own reasoning loop: Chat Completions with the agent's tools, until a valid final
+        answer. A handoff the model chooses goes on with the same conversation under the other agent."""
         conversation: list[dict[str, Any]] = [
-            {"role": "system", "content": agent.system_prompt(self.instructions)},
+            {"role": "system", "content": self.agent.system_prompt(self.instructions)},
             {"role": "user", "content": user_input},
         ]
         while True:
-            message = await self.ask_model(conversation, agent.tool_schemas)
+            agent = self.agent
+            message = await self.ask_model(conversation, agent.tool_schemas, label=agent.name if self.run_agent.handoffs else None)
             conversation.append(message)
             calls = message.get("tool_calls") or []
             if not calls:
@@ -251,9 +257,28 @@ class AgentRun:
                 await self.reask(problem, None)
                 conversation.append({"role": "user", "content": f"Your final answer was not accepted: {problem}. Try again."})
                 continue
-            replies = await self.tool_replies(calls) if agent.parallel_tool_calls else [await self.tool_outcome(call) for call in calls]
-            conversation.extend({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(reply)}
-                                for call, reply in zip(calls, replies, strict=True))
+            handoffs = [call for call in calls if call["function"]["name"] in agent.handoffs]
+            tool_calls = [call for call in calls if call not in handoffs]
+            replies = dict(zip([call["id"] for call in tool_calls], await self.replies_to(tool_calls), strict=True))
+            replies |= {call["id"]: {"assistant": agent.handoffs[call["function"]["name"]].name} if n == 0 else
+                        {"error": {"kind": "ignored", "message": "one handoff per turn: this one was not made"}} for n, call in enumerate(handoffs)}
+            conversation.extend({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(replies[call["id"]])} for call in calls)
+            if handoffs:
+                await self.hand_off(agent.handoffs[handoffs[0]["function"]["name"]], conversation)
+
+    async def replies_to(self, calls: list[dict[str, Any]]) -> list[Any]:
+        if not calls:
+            return []
+        return await self.tool_replies(calls) if self.agent.parallel_tool_calls else [await self.tool_outcome(call) for call in calls]
+
+    async def hand_off(self, target: Agent[Any], conversation: list[dict[str, Any]]) -> None:
+        """Go on under `target`: its instructions replace the system prompt (so the next model call
+        records the whole conversation it is sent), its tools and approval rules hold from now on."""
+        await self.ops.event("handoff", {"from": self.agent.name, "to": target.name})
+        self.agent = target
+        self.model = self.model_override or target.model
+        conversation[0] = {"role": "system", "content": target.system_prompt()}
+        self.sent = 0
 
     async def ask_model(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, label: str | None = None) -> dict[str, Any]:
         """One model call (a durable step, retried by the agent's policy): the assistant message, as
@@ -440,7 +465,7 @@ class AgentRun:
         """Record the failure, undo the run's effects, and stop: through any framework loop in between
         (`Halted`), unless this is the run's own boundary."""
         await self.ops.event("run_finished", {"status": "failed", "reason": reason, "message": message})
-        if needs_rollback(self.agent, self.tools_used):
+        if needs_rollback(self.run_agent, self.tools_used):
             await self.ops.rollback(reason)
         self.halted = Halted(RunFailed(reason, message))
         if halt:

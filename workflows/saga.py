@@ -53,7 +53,7 @@ def undo_wait(outcome: dict[str, Any], policy: RetryPolicy) -> float | None:
 
 
 def needs_rollback(agent: Agent, tools_used: list[str]) -> bool:
-    return any(agent.tools[name].undoable or agent.tools[name].irreversible for name in tools_used)
+    return any(agent.reachable_tools[name].undoable or agent.reachable_tools[name].irreversible for name in tools_used)
 
 
 async def start_rollback(run_id: str, agent: str, reason: str) -> Any:
@@ -66,9 +66,10 @@ async def start_rollback(run_id: str, agent: str, reason: str) -> Any:
 async def rollback(request: dict[str, Any]) -> dict[str, Any]:
     run_id, agent = request["run_id"], get_agent(request["agent"])
     tracing.annotate({"keel.run_id": run_id, "keel.rollback.reason": request["reason"]})
-    compensable = [name for name, t in agent.tools.items() if t.undoable]
-    irreversible = [name for name, t in agent.tools.items() if t.irreversible]
-    delegates = {name: [n for n, c in t.delegate.tools.items() if c.undoable or c.irreversible] for name, t in agent.tools.items() if t.delegate}
+    tools = agent.reachable_tools  # a run that handed off made the effects of several agents
+    compensable = [name for name, t in tools.items() if t.undoable]
+    irreversible = [name for name, t in tools.items() if t.irreversible]
+    delegates = {name: [n for n, c in t.delegate.reachable_tools.items() if c.undoable or c.irreversible] for name, t in tools.items() if t.delegate}
     plan = await plan_compensations_step(run_id, compensable, irreversible, delegates)
     for effect in plan:
         if effect["status"] == "irreversible":
@@ -87,7 +88,7 @@ async def rollback(request: dict[str, Any]) -> dict[str, Any]:
 async def compensate(effect: dict[str, Any]) -> Any:
     """Undo one effect: the tool's compensation, through the ledger, until it succeeds; for an agent
     tool's call, the child run's own rollback."""
-    used = get_agent(effect["agent"]).tools[effect["tool"]]
+    used = get_agent(effect["agent"]).reachable_tools[effect["tool"]]
     run_id, n = effect["run_id"], effect["n"]
     tracing.compensation_started(run_id, effect["tool"], n, effect["idempotency_key"])
     if used.delegate is not None:

@@ -1,5 +1,5 @@
-"""The support demo agent: triages a customer's request and delegates plan changes to `billing`."""
+"""The support demo agents: `support` delegates plan changes to `billing` as a child run; `front_desk` hands the conversation to it."""
 
-from app.demo.support.agent import Triage, support
+from app.demo.support.agent import Triage, front_desk, support
 
-__all__ = ["Triage", "support"]
+__all__ = ["Triage", "front_desk", "support"]

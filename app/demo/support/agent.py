@@ -1,15 +1,19 @@
-"""The support agent: it looks a customer up and reads their recent charges at once (two tools in
-one turn), hands a plan change to the billing agent as a child run, and replies to the customer.
+"""The support desk, two ways of passing work to billing.
 
-Its reply is the last step, so a reply that fails after billing succeeded rolls the child back:
-the charge is refunded and the plan restored, once."""
+`support` looks a customer up and reads their recent charges at once (two tools in one turn), hands
+a plan change to the billing agent as a child run, and replies to the customer. Its reply is the
+last step, so a reply that fails after billing succeeded rolls the child back: the charge is
+refunded and the plan restored, once.
+
+`front_desk` looks the customer up, opens the ticket, and hands the conversation itself to billing:
+the same run goes on under billing, which picks up where the front desk left off."""
 
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from app.demo.billing import Sandbox, billing
-from app.demo.billing.tools import lookup_customer
+from app.demo.billing import Resolution, Sandbox, billing
+from app.demo.billing.tools import create_ticket, lookup_customer
 from workflows import Agent, ToolContext, tool
 
 
@@ -54,4 +58,16 @@ support = Agent(
     tools=[lookup_customer, recent_charges, billing, reply_to_customer],
     output_type=Triage,
     max_turns=20,
+)
+
+front_desk = Agent(
+    "front_desk",
+    instructions=(
+        "You are the front desk. Look the customer up and open a ticket for their request, then hand "
+        "any change of plan to the billing agent."
+    ),
+    tools=[lookup_customer, create_ticket],
+    handoffs=[billing],
+    output_type=Resolution,
+    max_turns=12,
 )
