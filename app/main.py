@@ -57,6 +57,10 @@ def dbos_config(settings: Settings, url: str) -> DBOSConfig:
         # DBOS makes its executor the loop's default one, and its async checkpoints run there: unbounded,
         # it grows a thread per concurrent checkpoint call (docs/benchmarks.md, workload 5).
         "max_executor_threads": 32,
+        # DBOS pings each connection it checks out (two per step) unless told not to; a connection a
+        # PostgreSQL restart broke fails its statement instead, which DBOS and Keel retry as an outage
+        # (`bench/chaos.py --pg-restarts`, docs/chaos.md).
+        "db_engine_kwargs": {"pool_pre_ping": False},
         **({"enable_otlp": True, "otlp_traces_endpoints": [settings.otlp_endpoint], "otel_attribute_format": "semconv"}
            if settings.otlp_endpoint else {}),
     }

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dbos import DBOS
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
 from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from steps import breaker, events, failpoints, ratelimit, stream, tracing
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, IncompleteReply, RetryPolicy, retrying
@@ -165,7 +165,13 @@ async def streamed(feed: "TokenFeed | None", **create: Any) -> ChatCompletion:
     A stream that ends without a finish reason was cut off (a proxy or the provider closed it
     early): it raises `IncompleteReply`, a transient failure, never returns what arrived."""
     state: ChatCompletionStreamState = ChatCompletionStreamState()
-    chunks = await client().chat.completions.create(stream=True, stream_options={"include_usage": True}, **create)
+    # The request is posted as it is: `chat.completions.create` would first walk every message of the
+    # conversation with its typed transform, on every call (docs/benchmarks.md, the profile), and
+    # Keel's messages are plain JSON already.
+    timeout = create.pop("timeout")
+    chunks = await client().post("/chat/completions", cast_to=ChatCompletion, stream=True, stream_cls=AsyncStream[ChatCompletionChunk],
+                                 body={"stream": True, "stream_options": {"include_usage": True}, **create},
+                                 options={"timeout": timeout, "security": {"bearer_auth": True}})
     finished = False
     try:
         async with chunks:
