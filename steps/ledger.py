@@ -1,13 +1,14 @@
 """Exactly-once tool calls: the ledger `keel.tool_calls` and the durable tool step.
 
 For each attempt of a call, under its idempotency key:
-1. a short transaction claims the key and commits the intent (a row in `started`, attempts + 1,
-   with the `tool_call` event): a key already `succeeded` returns its recorded result; a key under
+1. a key's first attempt inserts its intent (a row in `started`, under a lease of ours) and the
+   `tool_call` event in one statement; a later attempt does so in a short transaction that locks
+   the row: a key already `succeeded` returns its recorded result; a key under
    another attempt's live lease is waited for; otherwise the attempt takes the lease (an owner, a
    fencing token one higher than the last, an expiry);
 2. the tool runs holding no connection (a heartbeat renews the lease while it runs); an intent left
    without outcome by an earlier attempt (crash, lost response) asks the tool's `reconcile` first;
-3. a short transaction writes the outcome (with the `tool_result` event) only if the lease is still
+3. one statement writes the outcome (with the `tool_result` event) only if the lease is still
    this attempt's (`WHERE lease_token = <mine>`). A tool that writes through `ctx.db` opens that
    transaction on first use, after checking the lease and locking the row, and its writes commit
    with the outcome. An attempt that lost its lease (paused past its expiry while another took
@@ -27,7 +28,7 @@ from dbos import DBOS
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from steps import breaker, db, events, failpoints, ids, tracing
+from steps import breaker, db, events, failpoints, ids, stream, tracing
 from steps.fork_reuse import fork_reply
 from steps.retry import OUTAGE_RETRIES, AttemptFailed, Failure, retrying
 from steps.tools import Tool, ToolContext, ToolDatabase, provided
@@ -68,9 +69,10 @@ WHERE idempotency_key = %s AND lease_token = %s AND status = 'started'
 RELEASE = "UPDATE keel.tool_calls SET lease_owner = NULL, lease_expires_at = NULL WHERE idempotency_key = %s AND lease_token = %s"
 SUCCEED = """
 UPDATE keel.tool_calls
-SET status = 'succeeded', result = %s, reconciled = %s, error = NULL, updated_at = now(), completed_at = now(),
+SET status = 'succeeded', result = %(result)s, reconciled = %(reconciled)s, error = NULL, updated_at = now(), completed_at = now(),
     lease_owner = NULL, lease_expires_at = NULL
-WHERE idempotency_key = %s AND lease_token = %s AND status = 'started'
+WHERE idempotency_key = %(key)s AND lease_token = %(token)s AND status = 'started'
+RETURNING attempts
 """
 FAIL = """
 UPDATE keel.tool_calls
@@ -215,21 +217,26 @@ class Call:
         params = {"key": self.key, "run_id": self.run_id, "step_id": self.step_id, "tool": self.tool.name,
                   "tool_call_id": self.tool_call_id, "arguments": Jsonb(self.arguments), "owner": owner(),
                   "lease": lease_seconds(self.tool)}
+        event = {"tool": self.tool.name, "idempotency_key": self.key, "arguments": self.arguments}
         pause = 0.02
         while True:
+            async with db.pool().connection() as conn:  # a key's first attempt: the intent and its `tool_call` event in one statement
+                first = await stream.change_with_event(conn, FIRST_INTENT, params, self.run_id, self.step_id, "tool_call", event)
+            if first:
+                return Claim(attempts=first[0][0], token=first[0][1])
             async with db.pool().connection() as conn, conn.transaction():  # the intent and the `tool_call` event commit together
                 state = await (await conn.execute(STATE, (self.key,))).fetchone()
                 claim = None
                 if state is not None and state[0] == "succeeded":
                     claim = Claim(result=state[1], attempts=state[2])
-                elif state is None or not held_by_another(state[3], state[4]):
-                    row = await (await conn.execute(NEXT_INTENT if state else FIRST_INTENT, params)).fetchone()
-                    if row is None:  # another attempt inserted the key first: look again
-                        continue
-                    claim = Claim(attempts=row[0], token=row[1], previous=state[0] if state else None)
+                elif state is None:  # removed since (a test's cleanup, say): claim it as new
+                    continue
+                elif not held_by_another(state[3], state[4]):
+                    row = await (await conn.execute(NEXT_INTENT, params)).fetchone()
+                    assert row is not None, "the row is locked"
+                    claim = Claim(attempts=row[0], token=row[1], previous=state[0])
                 if claim is not None:
-                    await events.record(self.run_id, self.step_id, "tool_call", {"tool": self.tool.name, "idempotency_key": self.key,
-                                                                                 "arguments": self.arguments}, conn=conn)
+                    await events.record(self.run_id, self.step_id, "tool_call", event, conn=conn)
                     return claim
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
@@ -272,13 +279,12 @@ class Call:
         else in a short one; raises `LeaseLost` (nothing written) if our lease was taken over."""
         async with contextlib.AsyncExitStack() as stack:
             conn = effects.conn
-            if conn is None:
+            if conn is None:  # the outcome and its event are one statement: a transaction of its own
                 conn = await stack.enter_async_context(db.pool().connection())
-                await stack.enter_async_context(conn.transaction())
-            if (await conn.execute(SUCCEED, (Jsonb(outcome.result), outcome.reconciled, self.key, token))).rowcount == 0:
+            params = {"result": Jsonb(outcome.result), "reconciled": outcome.reconciled, "key": self.key, "token": token}
+            if not await stream.change_with_event(conn, SUCCEED, params, self.run_id, self.step_id, "tool_result",
+                                                  {"tool": self.tool.name, "ok": True, **outcome.summary(self.key)}):
                 raise LeaseLost(self.key)  # rolls back: nothing of ours is written
-            await events.record(self.run_id, self.step_id, "tool_result", {"tool": self.tool.name, "ok": True, **outcome.summary(self.key)},
-                                conn=conn)
         if effects.conn is not None:
             await effects.close()
 
