@@ -74,7 +74,7 @@ def section(r: dict[str, Any]) -> list[str]:
         rt = census["raw_dbos"]["transactions_per_run"]["per_step"]
         out += [f"**Commits.** DBOS alone costs {rt['llm']:.1f} transactions per step in the client's count (one to read the step's "
                 "checkpoint and the workflow's status, one to write the checkpoint), and `xact_commit` counts about two more per step, as "
-                "many as DBOS's pool checkouts per step, each of which first runs `pool_pre_ping`'s `SELECT 1`" + ping_sentence(r) + ". "
+                "many as DBOS's pool checkouts per step (before 2026-12-04 each also ran `pool_pre_ping`'s `SELECT 1`" + ping_sentence(r) + "). "
                 f"Keel adds to that: per LLM step {kt['llm']:.1f} transactions ({kw['llm']:.1f} writing): the checkpoint, then the "
                 "`llm_request` and `llm_response` events each in an autocommit transaction of its own; per tool step "
                 f"{kt['tool']:.1f} ({kw['tool']:.1f} writing): the checkpoint, the ledger intent with the `tool_call` event in one "
@@ -128,7 +128,8 @@ def section(r: dict[str, Any]) -> list[str]:
 
 RECOMMENDATIONS = [
     ("`steps/ledger.py` `Call.attempt`/`_record_intent`, `steps/llm.py` `llm_step`, `steps/events.py`",
-     "DONE for tools (2026-11-26). Write events in the transactions that already exist: `tool_call` in the intent's transaction, `tool_result` in the ledger "
+     "DONE for tools (2026-11-26; since 2026-12-04 the intent with its event, and the outcome with its event, are one statement each). "
+     "Write events in the transactions that already exist: `tool_call` in the intent's transaction, `tool_result` in the ledger "
      "transaction (`events.record(..., conn=conn)`), and `llm_request` + `llm_response` as one two-row INSERT after the call (or derive "
      "the LLM events from the step's JSON checkpoint in `dbos.operation_outputs` with a view).",
      "−2 transactions per tool step, −1 (−2 if derived) per LLM step: about 2 of Keel's ~5 extra statements per step"),
@@ -142,14 +143,14 @@ RECOMMENDATIONS = [
      "−2 DBOS steps (8 statements + 2 inserts) and −1 SELECT per run"),
     ("`app/main.py` `dbos_config`",
      "Set `max_executor_threads` (DONE 2026-11-26: 32): DBOS makes its executor the loop's default, so unbounded it grows a thread per concurrent "
-     "checkpoint call (workload 5's what-if). Consider `db_engine_kwargs={'pool_pre_ping': False}`: DBOS pings before each of its two "
-     "checkouts per step (`do_ping` in the profile, ~2 `xact_commit` per step); check with `bench/chaos.py` that a PostgreSQL restart "
-     "is still absorbed by DBOS's `db_retry` and Keel's `OUTAGE_RETRIES`.",
+     "checkpoint call (workload 5's what-if). `db_engine_kwargs={'pool_pre_ping': False}` (DONE 2026-12-04): DBOS pinged before each "
+     "of its two checkouts per step (`do_ping` in the profile, ~2 `xact_commit` per step); `bench/chaos.py` with PostgreSQL restarts "
+     "and with network faults still holds every invariant.",
      "threads flat in the number of runs; up to −2 round trips per DBOS step"),
     ("`steps/llm.py` `attempt`",
      "The openai client re-walks every message of the request with its typed transform (`_async_transform_recursive`) on every call; "
      "Keel's messages are already plain JSON, so post them with `client.post('/chat/completions', body=..., cast_to=ChatCompletion)` "
-     "(timeouts and error classes unchanged).",
+     "(timeouts and error classes unchanged). DONE 2026-12-04.",
      "the openai share of an LLM step's CPU (≈20 % of Keel's GIL time at instant latency), growing with the conversation"),
     ("`workflows/runs.py` `start_run`, `app/main.py` (queue registration)",
      "Admission control (the queue exists since 2026-11-26: `KEEL_WORKER_CONCURRENCY`, unbounded by default because waiting runs hold "
