@@ -27,8 +27,7 @@ NEXT_OFFSET = dbos_seam.next_stream_offset("%(feed)s", KEY)
 
 
 def _with_event(rows: str, first: str = "", result: str = "SELECT id FROM event") -> str:
-    """One statement: the CTE `first` (if any), the event of `rows` (none if `rows` is empty), its
-    feed row, and `result`."""
+    """One statement: the CTE `first` (if any), an event for each row of `rows`, its feed row, and `result`."""
     return f"""
 WITH {first}event AS (
     INSERT INTO keel.events (run_id, step_id, kind, attempt, payload)
