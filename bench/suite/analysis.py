@@ -90,7 +90,8 @@ def section(r: dict[str, Any]) -> list[str]:
             out.append(f"| {label} | {shares['keel'].get(label, 0):.1f} % | {shares['raw_dbos'].get(label, 0):.1f} % |")
         out += ["", "DBOS's checkpoint read and write are the largest single cost in both (SQLAlchemy statement compilation, psycopg, "
                 "the thread hop); the openai client's request transformation (`_async_transform_recursive`, a walk over every message "
-                "of the conversation on every call) is the next, and it grows with the conversation. Keel's own statements (ledger, "
+                "of the conversation on every call) is the next, and it grows with the conversation (Keel has posted its plain-JSON requests "
+                "without it since 2026-12-04; raw DBOS's steps still call `create`). Keel's own statements (ledger, "
                 "events, breaker) are the difference between the two columns.", ""]
     if t and "32" in t["levels"]:
         lv = t["levels"]["32"]
