@@ -193,7 +193,7 @@ class AgentRun:
         self.limits = Limits(max_turns=agent.max_turns, max_tokens=agent.max_tokens, max_cost_usd=agent.max_cost_usd).tighter(inherited)
         self.ops = ops
         self.model_override = model
-        self.model = model or agent.model
+        """A fork's model: it holds for every agent of the run."""
         self.instructions = instructions
         self.reasks_left = agent.max_reasks
         self.reasks: list[dict[str, Any]] = []
@@ -276,7 +276,6 @@ class AgentRun:
         records the whole conversation it is sent), its tools and approval rules hold from now on."""
         await self.ops.event("handoff", {"from": self.agent.name, "to": target.name})
         self.agent = target
-        self.model = self.model_override or target.model
         conversation[0] = {"role": "system", "content": target.system_prompt()}
         self.sent = 0
 
@@ -291,7 +290,8 @@ class AgentRun:
             await self.fail("max_turns_exceeded", f"no final answer after {max_turns} turns")
         await self.check_budgets()
         self.turn += 1
-        request = ModelRequest(model=self.model, messages=list(messages), tools=tools, turn=self.turn, already_sent=min(self.sent, len(messages)),
+        request = ModelRequest(model=self.model_override or agent.model, messages=list(messages), tools=tools, turn=self.turn,
+                               already_sent=min(self.sent, len(messages)),
                                retry=agent.model_retry, timeout=agent.model_timeout, deadline=self.deadline, label=label,
                                reasks=self.reasks, reasks_left=self.reasks_left)
         self.reasks = []
