@@ -18,6 +18,7 @@ from bench.names import bench_database
 from bench.suite.model import ScriptedModel
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
+from workflows.run_queue import RunQueue
 
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KEEL_DB = bench_database()
@@ -39,9 +40,9 @@ def fresh_database(name: str) -> str:
     return url_of(name)
 
 
-def keel_settings(url: str, executor_id: str = "bench") -> Settings:
+def keel_settings(url: str, executor_id: str = "bench", **settings: object) -> Settings:
     return Settings(_env_file=None, database_url=url, executor_id=executor_id, app_version="keel-bench",
-                    openai_base_url="http://scripted.bench/v1", openai_api_key="bench", model="scripted")
+                    openai_base_url="http://scripted.bench/v1", openai_api_key="bench", model="scripted", **settings)
 
 
 def prepare_keel_database() -> str:
@@ -53,10 +54,12 @@ def prepare_keel_database() -> str:
 class KeelProcess:
     """DBOS launched with Keel's configuration, Keel's steps configured, in this process."""
 
-    def __init__(self, url: str, model: ScriptedModel, executor_id: str = "bench") -> None:
+    def __init__(self, url: str, model: ScriptedModel, executor_id: str = "bench", **settings: object) -> None:
         self.url = url
         self.model = model
-        self.settings = keel_settings(url, executor_id)
+        self.settings = keel_settings(url, executor_id, **settings)
+        self.queue = RunQueue(name=self.settings.queue, worker_concurrency=self.settings.worker_concurrency,
+                              polling_interval=self.settings.queue_poll_interval)
         self.pool: AsyncConnectionPool | None = None
 
     async def start(self) -> None:
@@ -69,7 +72,9 @@ class KeelProcess:
         breaker.configure(BreakerSettings(failure_threshold=s.breaker_threshold, cooldown=s.breaker_cooldown))
         failpoints.configure("")
         DBOS(config=dbos_config(s, self.url))
+        self.queue.listen()
         DBOS.launch()
+        await self.queue.register()
 
     async def stop(self) -> None:
         DBOS.destroy(workflow_completion_timeout_sec=0)

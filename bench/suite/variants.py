@@ -156,12 +156,18 @@ async def keel_run(prompt: str) -> Any:
     return await handle.get_result()
 
 
-async def keel_start(prompt: str, run_id: str | None = None) -> str:
+async def keel_start(prompt: str, run_id: str | None = None, queued: bool = False) -> str:
+    """Start a run at once, as the per-step workloads do; `queued`: enqueue it on Keel's run queue, as
+    `POST /v1/runs` does, so the worker admits it when it has room."""
+    from workflows import run_queue
     from workflows.agent_loop import agent_run
 
     run_id = run_id or uuid.uuid4().hex
     with SetWorkflowID(run_id):
-        await DBOS.start_workflow_async(agent_run, {"agent": "bench", "input": prompt})
+        if queued:
+            await DBOS.enqueue_workflow_async(run_queue.current().name, agent_run, {"agent": "bench", "input": prompt})
+        else:
+            await DBOS.start_workflow_async(agent_run, {"agent": "bench", "input": prompt})
     return run_id
 
 

@@ -52,42 +52,56 @@ def override_dbos_config(overrides: dict[str, object]) -> None:
     setup.dbos_config = lambda settings, url: {**original(settings, url), **overrides}  # type: ignore[assignment]
 
 
-async def launch(database: str, latency: float, executor: str) -> KeelProcess:
+async def launch(database: str, latency: float, executor: str, concurrency: str) -> KeelProcess:
     model = ScriptedModel(latency)
-    keel = KeelProcess(url_of(database), model, executor_id=executor)
+    settings = {} if concurrency == "default" else {"worker_concurrency": 10**9 if concurrency == "none" else int(concurrency)}
+    keel = KeelProcess(url_of(database), model, executor_id=executor, **settings)
     v.MODEL["client"] = model.client()
     await keel.start()
     return keel
 
 
 async def many(args: argparse.Namespace) -> None:
-    keel = await launch(args.database, args.latency, args.executor)
+    keel = await launch(args.database, args.latency, args.executor, args.worker_concurrency)
     await v.keel_run("tools=0")  # warm up
+    prompt = f"tools={args.tools}"
+    steps_per_run = 2 * args.tools + 1  # a model call per turn, a tool call per tool
+    keel.model.latency = 0.0  # the worker's own capacity: the same runs with a model that answers at once
+    calibration_runs = max(50, args.runs // 10)
+    calibration_s = await run_all(prompt, calibration_runs)
+    capacity = calibration_runs * steps_per_run / calibration_s
+    say("calibrated", runs=calibration_runs, seconds=calibration_s, steps_per_s=capacity)
+    keel.model.latency = args.latency
     sampler = Sampler()
     sampler.start()
     await asyncio.sleep(1)
     idle_threads = psutil.Process().num_threads()
-    prompt = f"tools={args.tools}"
-    started = time.monotonic()
-    ids = await asyncio.gather(*(v.keel_start(prompt) for _ in range(args.runs)))
-    submitted = time.monotonic() - started
-    from dbos import DBOS
-
-    await asyncio.gather(*[(await DBOS.retrieve_workflow_async(i)).get_result() for i in ids])
-    elapsed = time.monotonic() - started
-    say("done", runs=args.runs, elapsed_s=elapsed, submitted_s=submitted, idle_threads=idle_threads, peak_threads=sampler.peak,
-        peak_rss_mb=peak_rss_mb())
+    elapsed = await run_all(prompt, args.runs)
+    # no faster than the model allows (one answer per turn) nor than the worker computes
+    floor = max((args.tools + 1) * args.latency, args.runs * steps_per_run / capacity)
+    say("done", runs=args.runs, elapsed_s=elapsed, floor_s=floor, over_floor=elapsed / floor, steps_per_s=capacity,
+        idle_threads=idle_threads, peak_threads=sampler.peak, peak_rss_mb=peak_rss_mb())
     await keel.stop()
 
 
+async def run_all(prompt: str, runs: int) -> float:
+    """Enqueue `runs` runs as `POST /v1/runs` does and wait for all of them; the seconds it took."""
+    from dbos import DBOS
+
+    started = time.monotonic()
+    ids = await asyncio.gather(*(v.keel_start(prompt, queued=True) for _ in range(runs)))
+    await asyncio.gather(*[(await DBOS.retrieve_workflow_async(i)).get_result() for i in ids])
+    return time.monotonic() - started
+
+
 async def load(args: argparse.Namespace) -> None:
-    await launch(args.database, 3600.0, args.executor)  # the model never answers: every run stays in its first model call
+    await launch(args.database, 3600.0, args.executor, args.worker_concurrency)  # the model never answers: every run stays in its first model call
     say("launched")
     gate = asyncio.Semaphore(64)
 
     async def start(i: int) -> None:
         async with gate:
-            await v.keel_start(f"tools={args.tools}", run_id=f"rec-{i:06d}")
+            await v.keel_start(f"tools={args.tools}", run_id=f"rec-{i:06d}", queued=True)
 
     started = time.monotonic()
     await asyncio.gather(*(start(i) for i in range(args.runs)))
@@ -96,7 +110,7 @@ async def load(args: argparse.Namespace) -> None:
 
 
 async def resume(args: argparse.Namespace) -> None:
-    await launch(args.database, 0.0, args.executor)  # DBOS.launch() finds this executor's pending runs
+    await launch(args.database, 0.0, args.executor, args.worker_concurrency)  # DBOS.launch() finds this executor's pending runs
     say("launched", peak_rss_mb=peak_rss_mb())
     while True:
         await asyncio.sleep(5)
@@ -111,6 +125,8 @@ def main() -> None:
     parser.add_argument("--tools", type=int, default=7)
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--executor", default="bench-worker")
+    parser.add_argument("--worker-concurrency", default="default",
+                        help="runs the worker admits at once: an integer, `none` (no bound), or `default` (KEEL_WORKER_CONCURRENCY's default)")
     parser.add_argument("--dbos-overrides", default="", help="JSON merged into Keel's DBOS configuration (a what-if)")
     args = parser.parse_args()
     if args.dbos_overrides:
