@@ -34,7 +34,7 @@ def main() -> None:
 @click.option("--workers", default=None, type=click.IntRange(1, 256), help="Worker processes behind the port (default KEEL_WORKERS, one per core).")
 @click.option("--executor-id", default=None, help="Stable ID of this worker, or the base of its workers' IDs (default KEEL_EXECUTOR_ID, <hostname>:<port>).")
 @click.option("--queue", default=None, help="The queue of runs the workers share with their pool (default KEEL_QUEUE, keel_runs).")
-@click.option("--concurrency", "worker_concurrency", default=None, type=int, help="Runs one worker works on at once (default KEEL_WORKER_CONCURRENCY, none).")
+@click.option("--concurrency", "worker_concurrency", default=None, type=int, help="Runs one worker works on at once (default KEEL_WORKER_CONCURRENCY, 200).")
 @click.option("--global-concurrency", default=None, type=int, help="Runs across the pool (default KEEL_GLOBAL_CONCURRENCY, no limit).")
 @click.option("--fd", default=None, type=int, hidden=True, help="Accept on this inherited, bound socket (a supervised worker).")
 def serve(fd: int | None, **options: Any) -> None:
