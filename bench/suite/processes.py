@@ -91,8 +91,8 @@ def many_runs(database: str, runs_list: list[int], latency: float, logs: Path, w
         done["over_ideal"] = done["elapsed_s"] / result["ideal_s"]  # done["over_floor"]: over the worker's own capacity
         done["what_if"] = bool(overrides)
         print(f"  {runs} runs done in {done['elapsed_s']:.1f} s ({done['over_ideal']:.2f}x ideal, {done['over_floor']:.2f}x the worker's "
-              f"floor of {done['floor_s']:.1f} s at its {done['steps_per_s']:.0f} steps/s), {done['pool_timeouts']} PoolTimeouts, threads {done['idle_threads']} idle -> "
-              f"{done['peak_threads']} peak, peak RSS {done['peak_rss_mb']:.0f} MB", flush=True)
+              f"floor of {done['floor_s']:.1f} s at its {done['steps_per_s']:.0f} steps/s), {done['pool_timeouts']} PoolTimeouts, "
+              f"threads {done['idle_threads']} idle -> {done['peak_threads']} peak, peak RSS {done['peak_rss_mb']:.0f} MB", flush=True)
         result["levels"][label] = done
     return result
 
