@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(200, alias="KEEL_WORKER_CONCURRENCY", ge=1)
     """Runs one worker works on at once (one waiting for an approval or a sleep leaves its slot); the rest wait
     in the queue, and so do recovered runs. 200 finished 1,000 runs of a 1 s model soonest on two cores
-    (docs/benchmarks.md, workload 5); unbounded, the worker was CPU-bound and slower. DBOS keeps it with the queue."""
+    (docs/architecture.md, Scale-out); unbounded, the worker was CPU-bound and slower. DBOS keeps it with the queue."""
     global_concurrency: int | None = Field(None, alias="KEEL_GLOBAL_CONCURRENCY", ge=1)
     """Runs all workers of the queue execute at once; unset: no limit."""
     max_queued_runs: int | None = Field(None, alias="KEEL_MAX_QUEUED_RUNS", ge=1)
