@@ -94,9 +94,7 @@ async def keel_lifespan(app: FastAPI) -> AsyncIterator[None]:
     ratelimit.configure(ratelimit.RateLimits(rate=settings.model_rate, concurrency=settings.model_concurrency, lease=settings.model_timeout + 30))
     sandbox_clients = billing.configure(settings.sandbox_base_url)
     saga.configure(retry_budget=settings.undo_retry_budget)
-    queue = RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency,
-                     global_concurrency=settings.global_concurrency, polling_interval=settings.queue_poll_interval,
-                     max_queued=settings.max_queued_runs)
+    queue = run_queue(settings)
     await startup.step("launch DBOS", lambda: launch_dbos(settings, url, queue))
     await startup.step("register the run queue", queue.register)  # before the first request, which enqueues on it
     key = await startup.step("read the local API key", lambda: local_key(settings))
@@ -130,6 +128,12 @@ def tracing_refusal(settings: Settings) -> str | None:
         except ImportError:
             return "KEEL_OTLP_ENDPOINT is set, but OpenTelemetry's SDK and OTLP exporter are not installed: pip install 'keel[otel]'"
     return None
+
+
+def run_queue(settings: Settings) -> RunQueue:
+    """The queue this worker takes runs from, with the limits `settings` give it."""
+    return RunQueue(name=settings.queue, worker_concurrency=settings.worker_concurrency, global_concurrency=settings.global_concurrency,
+                    polling_interval=settings.queue_poll_interval, max_queued=settings.max_queued_runs)
 
 
 async def launch_dbos(settings: Settings, url: str, queue: RunQueue) -> None:

@@ -12,13 +12,12 @@ from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.database import psycopg_conninfo
-from app.main import dbos_config
+from app.main import dbos_config, run_queue
 from app.schema import migrate
 from bench.names import bench_database
 from bench.suite.model import ScriptedModel
 from steps import breaker, db, failpoints, llm
 from steps.breaker import BreakerSettings
-from workflows.run_queue import RunQueue
 
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KEEL_DB = bench_database()
@@ -58,8 +57,7 @@ class KeelProcess:
         self.url = url
         self.model = model
         self.settings = keel_settings(url, executor_id, **settings)
-        self.queue = RunQueue(name=self.settings.queue, worker_concurrency=self.settings.worker_concurrency,
-                              polling_interval=self.settings.queue_poll_interval)
+        self.queue = run_queue(self.settings)
         self.pool: AsyncConnectionPool | None = None
 
     async def start(self) -> None:
