@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from app.database import psycopg_conninfo
 from bench.names import bench_database
@@ -33,22 +34,30 @@ async def throughput(workers: int, runs: int, concurrency: int, model_url: str, 
         worker.stop()
 
 
+async def measure(runs: int, concurrency: int, logs: Path) -> dict[str, Any]:
+    """runs/s with one worker process and with one per core (workload 9 of `bench.suite`)."""
+    cores = len(os.sched_getaffinity(0))
+    print(f"workload 9: {runs} billing runs over HTTP, `keel serve --workers` 1 and {cores}", flush=True)
+    model, model_url = start_scripted_model(logs / "model.log")
+    try:
+        rates = {n: await throughput(n, runs, concurrency, model_url, logs) for n in sorted({1, cores})}
+    finally:
+        stop(model)
+    print("  " + ", ".join(f"{n} worker(s): {rate:.2f} runs/s" for n, rate in rates.items()), flush=True)
+    return {"runs": runs, "concurrency": concurrency, "cores": cores, "runs_per_s": {str(n): r for n, r in rates.items()},
+            "per_core_over_one": rates[cores] / rates[1]}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32, help="runs per worker process at once")
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0))
-    logs = Path(tempfile.mkdtemp(prefix="keel-serve-workers-"))
-    model, model_url = start_scripted_model(logs / "model.log")
-    try:
-        results = {n: await throughput(n, args.runs, args.concurrency, model_url, logs) for n in sorted({1, cores})}
-    finally:
-        stop(model)
+    result = await measure(args.runs, args.concurrency, Path(tempfile.mkdtemp(prefix="keel-serve-workers-")))
     print(f"{args.runs} billing runs over HTTP, {args.concurrency} per worker at once, load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| `keel serve --workers` | runs/s | vs one process |\n|---|---|---|")
-    for n, rate in results.items():
-        print(f"| {n} | {rate:.2f} | {rate / results[1]:.2f}x |")
+    for n, rate in result["runs_per_s"].items():
+        print(f"| {n} | {rate:.2f} | {rate / result['runs_per_s']['1']:.2f}x |")
 
 
 if __name__ == "__main__":

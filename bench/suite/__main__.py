@@ -1,11 +1,11 @@
 """Keel's benchmark suite (issue 8). One command runs every workload and writes docs/benchmarks.md:
 
-    make bench              # the issue's sizes (~15 min on the 2-core machine)
+    make bench              # the issue's sizes (about an hour on the 2-core machine)
     make bench QUICK=1      # small sizes, a smoke test (~3 min)
     python -m bench.suite --only overhead,commits --rounds 3
 
 PostgreSQL: BENCH_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres); the suite drops
-and creates its own databases keel_bench, keel_bench_lg and keel_bench_recovery there (BENCH_DATABASE_PREFIX
+and creates its own databases keel_bench, keel_bench_lg, keel_bench_recovery and keel_bench_serve_<n> there (BENCH_DATABASE_PREFIX
 replaces keel_bench)."""
 
 import argparse
@@ -20,17 +20,21 @@ from typing import Any
 
 import psycopg
 
-from bench.suite import commits, frameworks, overhead, payload, ping, processes, profile, report, throughput
+from bench import serve_workers
+from bench.suite import commits, frameworks, overhead, payload, ping, processes, profile, report, slow_tools, throughput
 from bench.suite.harness import Harness
 from bench.suite.setup import KEEL_DB, conninfo, prepare_keel_database
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = ["overhead", "commits", "throughput", "realistic", "payload", "profile", "ping", "many", "recovery", "frameworks"]
-IN_PROCESS = {"overhead", "commits", "throughput", "realistic", "payload", "profile", "frameworks"}
+WORKLOADS = ["overhead", "commits", "throughput", "realistic", "payload", "profile", "ping", "many", "recovery", "frameworks",
+             "slow_tools", "serve"]
+IN_PROCESS = {"overhead", "commits", "throughput", "realistic", "payload", "profile", "frameworks", "slow_tools"}
 FULL = dict(rounds=5, runs=10, commit_runs=20, concurrency="8,32,64,256", repeats=3, large_repeats=2, min_runs=32, realistic_rounds=5,
-            many="100,1000", many_latency=1.0, recovery_runs=10_000, recovery_tools=1, turns="10,100", profile_seconds=10)
+            many="100,1000", many_latency=1.0, recovery_runs="2000,10000", recovery_tools=1, turns="10,100", profile_seconds=10,
+            slow_tool_runs=200, slow_tool_seconds=2.0, serve_runs=300)
 QUICK = dict(rounds=3, runs=3, commit_runs=5, concurrency="8,32", repeats=2, large_repeats=1, min_runs=16, realistic_rounds=2,
-             many="50,200", many_latency=1.0, recovery_runs=300, recovery_tools=1, turns="10,30", profile_seconds=4)
+             many="50,200", many_latency=1.0, recovery_runs="300", recovery_tools=1, turns="10,30", profile_seconds=4,
+             slow_tool_runs=50, slow_tool_seconds=1.0, serve_runs=60)
 
 
 def machine() -> dict[str, Any]:
@@ -46,6 +50,7 @@ def save(results: dict[str, Any], output: Path, started: float) -> None:
     """Write the JSON and the Markdown now, so a stopped run keeps the workloads it finished."""
     results["machine"]["load_at_end"] = os.getloadavg()
     results["wall_s"] = results.get("earlier_wall_s", 0) + time.monotonic() - started
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     output.write_text(report.render(results))
 
@@ -74,6 +79,9 @@ async def in_process(args: argparse.Namespace, only: set[str], results: dict[str
         if "profile" in only:
             results["profile"] = await profile.measure(harness, args.profile_seconds, Path(args.profile_dir))
             checkpoint()
+        if "slow_tools" in only:
+            results["slow_tools"] = await slow_tools.measure(harness, args.slow_tool_runs, args.slow_tool_seconds)
+            checkpoint()
         if "frameworks" in only:
             results["frameworks"] = await frameworks.measure(harness, args.rounds, args.runs)
             checkpoint()
@@ -95,10 +103,13 @@ def main() -> None:
     parser.add_argument("--realistic-rounds", type=int, help="workload 4: interleaved rounds")
     parser.add_argument("--many", help="workload 5: comma-separated numbers of concurrent runs")
     parser.add_argument("--many-latency", type=float, help="workload 5: model latency, seconds")
-    parser.add_argument("--recovery-runs", type=int, help="workload 6: pending runs")
+    parser.add_argument("--recovery-runs", help="workload 6: comma-separated numbers of pending runs")
     parser.add_argument("--recovery-tools", type=int, help="workload 6: tool calls per run")
     parser.add_argument("--recovery-timeout", type=float, default=1800, help="workload 6: give up (and report how far it got) after this")
     parser.add_argument("--turns", help="workload 7: comma-separated conversation lengths")
+    parser.add_argument("--slow-tool-runs", type=int, help="workload 8: concurrent runs, one slow tool call each")
+    parser.add_argument("--slow-tool-seconds", type=float, help="workload 8: the tool's latency")
+    parser.add_argument("--serve-runs", type=int, help="workload 9: billing runs over HTTP per `keel serve --workers` configuration")
     parser.add_argument("--profile-seconds", type=float, help="py-spy sampling time per variant")
     parser.add_argument("--profile-dir", default=str(ROOT / ".keel" / "bench-profiles"))
     parser.add_argument("--no-temporal", action="store_true")
@@ -140,7 +151,10 @@ def main() -> None:
         results["many"] = processes.many_runs(KEEL_DB, [int(n) for n in args.many.split(",")], args.many_latency, logs)
         checkpoint()
     if "recovery" in only:
-        results["recovery"] = processes.recovery(args.recovery_runs, args.recovery_tools, logs, timeout=args.recovery_timeout)
+        results["recovery"] = processes.recovery([int(n) for n in args.recovery_runs.split(",")], args.recovery_tools, logs, timeout=args.recovery_timeout)
+        checkpoint()
+    if "serve" in only:
+        results["serve"] = asyncio.run(serve_workers.measure(args.serve_runs, 32, logs))
         checkpoint()
     checkpoint()
     print(f"\nwrote {output} and {output.with_suffix('.json')} in {results['wall_s'] / 60:.1f} min (worker logs in {logs})", flush=True)

@@ -26,8 +26,11 @@ class ScriptedModel:
     def __init__(self, latency: float = 0.0) -> None:
         self.latency = latency
         self.calls = 0
+        self.asked = 0  # requests received, answered or not (a recovery workload's runs waiting in the model)
+        self.first_turns_answered = 0  # replies to a conversation with no tool result yet (a recovered run's interrupted call)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.asked += 1
         if self.latency:
             await asyncio.sleep(self.latency)
         return self.reply(request)
@@ -44,6 +47,7 @@ class ScriptedModel:
         first_user = next(m["content"] for m in messages if m["role"] == "user")
         wanted = int(TOOLS_IN_INPUT.search(first_user).group(1))  # type: ignore[union-attr]
         done = sum(1 for m in messages if m["role"] == "tool")
+        self.first_turns_answered += not done
         per_turn = int(m.group(1)) if (m := PER_TURN_IN_INPUT.search(first_user)) else 1
         if done < wanted:
             calls = range(done, min(wanted, done + per_turn))

@@ -102,32 +102,41 @@ def count(database: str, sql: str) -> int:
         return int(conn.execute(sql).fetchone()[0])
 
 
-PENDING_IN_MODEL = "SELECT count(*) FROM keel.events WHERE kind = 'llm_request' AND run_id LIKE 'rec-%'"
-RESUMED = "SELECT count(*) FROM keel.events WHERE kind = 'llm_response' AND run_id LIKE 'rec-%' AND (payload->>'turn')::int = 1"
 DISPATCHED = "SELECT count(*) FROM dbos.workflow_status WHERE workflow_uuid LIKE 'rec-%' AND recovery_attempts >= 2"
 FINISHED = "SELECT count(*) FROM dbos.workflow_status WHERE workflow_uuid LIKE 'rec-%' AND status = 'SUCCESS'"
+VARIANTS = {"raw": "raw DBOS", "keel": "Keel"}
 
 
-def recovery(runs: int, tools: int, logs: Path, timeout: float = 1800) -> dict[str, Any]:
-    """`runs` runs, each waiting in its first model call, SIGKILL the worker, start it again (same executor)."""
-    print(f"workload 6: recovery of {runs} pending runs ({tools}-tool agent): creating them", flush=True)
+def recovery(runs_list: list[int], tools: int, logs: Path, timeout: float = 1800) -> dict[str, Any]:
+    """For each N: N pending runs of raw DBOS's workflow, then of Keel's agent, the same shape (model, tool, model),
+    each recovered by a restarted worker; Keel's times over raw DBOS's."""
+    result: dict[str, Any] = {"tools": tools, "levels": {}}
+    for runs in runs_list:
+        level = {variant: recover(variant, runs, tools, logs, timeout) for variant in VARIANTS}
+        if all("finished_s" in m for m in level.values()):
+            level["keel_over_raw"] = level["keel"]["finished_s"] / level["raw"]["finished_s"]
+            print(f"  {runs:,} runs: Keel finished {level['keel_over_raw']:.2f}x raw DBOS's time", flush=True)
+        result["levels"][str(runs)] = level
+    return result
+
+
+def recover(variant: str, runs: int, tools: int, logs: Path, timeout: float) -> dict[str, Any]:
+    """`runs` runs, each waiting in its first model call; SIGKILL the worker, start it again (same executor)."""
+    print(f"workload 6: recovery of {runs:,} pending {VARIANTS[variant]} runs ({tools}-tool agent): creating them", flush=True)
     url = fresh_database(RECOVERY_DB)
     migrate(url)
-    args = ("--database", RECOVERY_DB, "--runs", str(runs), "--tools", str(tools), "--executor", "bench-recovery")
-    # unbounded, so that every run reaches the model before the kill; the restarted worker admits them at Keel's bound
-    first = WorkerProcess("load", *args, "--worker-concurrency", "none", log=logs / "recovery-load.log")
+    args = ("--database", RECOVERY_DB, "--runs", str(runs), "--tools", str(tools), "--executor", "bench-recovery", "--variant", variant)
+    # Keel's load phase is unbounded, so that every run reaches the model before the kill; the restarted worker admits them at Keel's bound
+    first = WorkerProcess("load", *args, "--worker-concurrency", "none", log=logs / f"recovery-{variant}-{runs}-load.log")
     try:
         submitted = first.wait_for("submitted", timeout)
-        deadline = time.monotonic() + timeout
-        while (n := count(RECOVERY_DB, PENDING_IN_MODEL)) < runs:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {n}/{runs} runs reached the model")
-            time.sleep(0.5)
+        first.wait_for("in_model", timeout)
     finally:
         first.kill()
-    print(f"  {runs} runs submitted in {submitted['seconds']:.1f} s, all waiting in the model; worker SIGKILLed; restarting", flush=True)
+    print(f"  submitted in {submitted['seconds']:.1f} s, all waiting in the model; worker SIGKILLed; restarting", flush=True)
     restarted = time.monotonic()
-    second = WorkerProcess("resume", *args, log=logs / "recovery-resume.log")
+    log = logs / f"recovery-{variant}-{runs}-resume.log"
+    second = WorkerProcess("resume", *args, log=log)
     marks: dict[str, float] = {}
     try:
         launched = second.wait_for("launched", timeout)
@@ -137,27 +146,28 @@ def recovery(runs: int, tools: int, logs: Path, timeout: float = 1800) -> dict[s
             elapsed = time.monotonic() - restarted
             if elapsed > timeout:  # report how far it got rather than nothing
                 marks["gave_up_s"] = elapsed
-                marks["reached"] = {"dispatched": count(RECOVERY_DB, DISPATCHED), "resumed": count(RECOVERY_DB, RESUMED),
-                                    "finished": count(RECOVERY_DB, FINISHED)}
+                marks["reached"] = {"dispatched": count(RECOVERY_DB, DISPATCHED), "finished": count(RECOVERY_DB, FINISHED)}
                 print(f"  gave up after {elapsed:.0f} s: {marks['reached']}", flush=True)
                 break
-            for name, sql in (("dispatched_s", DISPATCHED), ("resumed_s", RESUMED), ("finished_s", FINISHED)):
-                if name not in marks and count(RECOVERY_DB, sql) >= runs:
-                    marks[name] = time.monotonic() - restarted
+            if "dispatched_s" not in marks and count(RECOVERY_DB, DISPATCHED) >= runs:
+                marks["dispatched_s"] = time.monotonic() - restarted
+            if "resumed_s" not in marks and (resumed := next((e for e in second.events if e["event"] == "resumed"), None)):
+                marks["resumed_s"] = resumed["t"] - launched["t"] + marks["launched_s"]
+            if count(RECOVERY_DB, FINISHED) >= runs:
+                marks["finished_s"] = time.monotonic() - restarted
             if elapsed >= next_print:
-                print(f"  {elapsed:5.0f} s after restart: dispatched {count(RECOVERY_DB, DISPATCHED)}, resumed {count(RECOVERY_DB, RESUMED)}, "
-                      f"finished {count(RECOVERY_DB, FINISHED)} of {runs}", flush=True)
+                print(f"  {elapsed:5.0f} s after restart: dispatched {count(RECOVERY_DB, DISPATCHED)}, finished {count(RECOVERY_DB, FINISHED)} "
+                      f"of {runs:,}", flush=True)
                 next_print = elapsed + 10
             time.sleep(0.5)
         alive = [e for e in second.events if e["event"] == "alive"]
     finally:
         second.stop()
-    result = {"runs": runs, "tools": tools, "create_s": submitted["seconds"],
-              "pool_timeouts": pool_timeouts(logs / "recovery-resume.log"), "worker_startup_s": launched["t"], **marks,
+    result = {"runs": runs, "create_s": submitted["seconds"], "pool_timeouts": pool_timeouts(log), "worker_startup_s": launched["t"], **marks,
               "peak_rss_mb": max([e["peak_rss_mb"] for e in alive] or [launched["peak_rss_mb"]]),
               "threads": max([e["threads"] for e in alive] or [0])}
     print(f"  all dispatched {marks.get('dispatched_s', float('nan')):.1f} s, resumed {marks.get('resumed_s', float('nan')):.1f} s, "
-          f"finished {marks.get('finished_s', float('nan')):.1f} s after the restart", flush=True)
+          f"finished {marks.get('finished_s', float('nan')):.1f} s after the restart; {result['pool_timeouts']} PoolTimeouts", flush=True)
     return result
 
 

@@ -16,6 +16,7 @@ from workflows import Agent, tool
 
 SYSTEM = "You are a benchmark agent."
 TOOL_LATENCY = {"seconds": 0.0}  # the tool's latency, set by a workload
+TOOLS_RUNNING = {"now": 0, "peak": 0}  # tool calls inside `run_work` at once (workload 8)
 MODEL: dict[str, Any] = {}  # the shared clients ("client", and "sync" for the sync variant), set at start-up
 
 
@@ -45,7 +46,12 @@ def ask_sync(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def run_work(n: int) -> dict[str, int]:
     if TOOL_LATENCY["seconds"]:
-        await asyncio.sleep(TOOL_LATENCY["seconds"])
+        TOOLS_RUNNING["now"] += 1
+        TOOLS_RUNNING["peak"] = max(TOOLS_RUNNING["peak"], TOOLS_RUNNING["now"])
+        try:
+            await asyncio.sleep(TOOL_LATENCY["seconds"])
+        finally:
+            TOOLS_RUNNING["now"] -= 1
     return tool_result(n)
 
 

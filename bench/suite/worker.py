@@ -2,7 +2,9 @@
 
     python -m bench.suite.worker many --database keel_bench --runs 1000 --latency 1
     python -m bench.suite.worker load --database keel_bench_recovery --runs 10000    (then SIGKILL it)
-    python -m bench.suite.worker resume --database keel_bench_recovery               (DBOS recovers at launch)
+    python -m bench.suite.worker resume --database keel_bench_recovery --runs 10000  (DBOS recovers at launch)
+
+`--variant raw` loads and resumes the raw DBOS workflow of the same shape instead (workload 6's baseline).
 
 It prints one JSON line per milestone on stdout."""
 
@@ -12,6 +14,7 @@ import json
 import resource
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -94,27 +97,47 @@ async def run_all(prompt: str, runs: int) -> float:
     return time.monotonic() - started
 
 
+async def start_pending(variant: str, i: int, tools: int) -> None:
+    """One recovery-workload run: Keel's enqueued as `POST /v1/runs` does, raw DBOS's started as DBOS's docs do."""
+    from dbos import DBOS, SetWorkflowID
+
+    if variant == "keel":
+        await v.keel_start(f"tools={tools}", run_id=f"rec-{i:06d}", queued=True)
+        return
+    with SetWorkflowID(f"rec-{i:06d}"):
+        await DBOS.start_workflow_async(v.raw_agent, f"tools={tools}")
+
+
+async def when_model_has(model: ScriptedModel, count: Callable[[], int], wanted: int, event: str) -> None:
+    while count() < wanted:
+        await asyncio.sleep(0.2)
+    say(event, model_calls=model.calls)
+
+
 async def load(args: argparse.Namespace) -> None:
-    await launch(args.database, 3600.0, args.executor, args.worker_concurrency)  # the model never answers: every run stays in its first model call
+    keel = await launch(args.database, 3600.0, args.executor, args.worker_concurrency)  # the model never answers: every run stays in its first model call
     say("launched")
     gate = asyncio.Semaphore(64)
 
     async def start(i: int) -> None:
         async with gate:
-            await v.keel_start(f"tools={args.tools}", run_id=f"rec-{i:06d}", queued=True)
+            await start_pending(args.variant, i, args.tools)
 
     started = time.monotonic()
     await asyncio.gather(*(start(i) for i in range(args.runs)))
     say("submitted", runs=args.runs, seconds=time.monotonic() - started)
+    await when_model_has(keel.model, lambda: keel.model.asked, args.runs, "in_model")
     await asyncio.Event().wait()
 
 
 async def resume(args: argparse.Namespace) -> None:
-    await launch(args.database, 0.0, args.executor, args.worker_concurrency)  # DBOS.launch() finds this executor's pending runs
+    keel = await launch(args.database, 0.0, args.executor, args.worker_concurrency)  # DBOS.launch() finds this executor's pending runs
     say("launched", peak_rss_mb=peak_rss_mb())
+    watcher = asyncio.create_task(when_model_has(keel.model, lambda: keel.model.first_turns_answered, args.runs, "resumed"))
     while True:
         await asyncio.sleep(5)
-        say("alive", threads=psutil.Process().num_threads(), peak_rss_mb=peak_rss_mb())
+        say("alive", threads=psutil.Process().num_threads(), peak_rss_mb=peak_rss_mb(), resumed=keel.model.first_turns_answered,
+            all_resumed=watcher.done())
 
 
 def main() -> None:
@@ -125,6 +148,7 @@ def main() -> None:
     parser.add_argument("--tools", type=int, default=7)
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--executor", default="bench-worker")
+    parser.add_argument("--variant", choices=["keel", "raw"], default="keel", help="load/resume: Keel's agent or the raw DBOS workflow of the same shape")
     parser.add_argument("--worker-concurrency", default="default",
                         help="runs the worker admits at once: an integer, `none` (no bound), or `default` (KEEL_WORKER_CONCURRENCY's default)")
     parser.add_argument("--dbos-overrides", default="", help="JSON merged into Keel's DBOS configuration (a what-if)")
