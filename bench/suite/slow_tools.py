@@ -48,13 +48,13 @@ async def measure(harness: Harness, runs: int, tool_seconds: float) -> dict[str,
         await sampler
         set_latency(harness, 0, 0)
     peak = v.TOOLS_RUNNING["peak"]
-    # while (nearly) every tool sleeps: what the sleeping calls hold, apart from the other runs' intents and outcomes committing
+    # while (nearly) every call is in the tool; the connections then are every run's (intents, outcomes, model steps)
     plateau = [s for s in samples if s[0] >= 0.9 * peak] or samples
     result = {"runs": runs, "tool_s": tool_seconds, "elapsed_s": elapsed, "tools_in_flight_peak": peak,
               "pool_size": harness.keel.settings.db_pool_size, "checked_out_peak": max(s[1] for s in samples),
               "plateau_samples": len(plateau), "plateau_checked_out": spread([s[1] for s in plateau]),
               "plateau_idle_in_transaction": spread([s[2] for s in plateau])}
     print(f"  {peak} tool calls in flight at once; Keel's pool: at most {result['checked_out_peak']} of {result['pool_size']} connections "
-          f"checked out; while >= 90 % of them slept ({len(plateau)} samples): checked out {fmt(result['plateau_checked_out'], 0)}, "
+          f"checked out; at the {len(plateau)} moments >= 90 % were in the tool: checked out (by every run) {fmt(result['plateau_checked_out'], 0)}, "
           f"sessions idle in a transaction {fmt(result['plateau_idle_in_transaction'], 0)}; all done in {elapsed:.1f} s", flush=True)
     return result

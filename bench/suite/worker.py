@@ -114,6 +114,9 @@ async def when_model_has(model: ScriptedModel, count: Callable[[], int], wanted:
     say(event, model_calls=model.calls)
 
 
+AHEAD = 256
+
+
 async def load(args: argparse.Namespace) -> None:
     keel = await launch(args.database, 3600.0, args.executor, args.worker_concurrency)  # the model never answers: every run stays in its first model call
     say("launched")
@@ -121,6 +124,10 @@ async def load(args: argparse.Namespace) -> None:
 
     async def start(i: int) -> None:
         async with gate:
+            # at most AHEAD runs between their start and the model: 10,000 unbounded runs starting at once would wait past the pool's
+            # timeout for Keel's 10 connections (each run's first model step writes its llm_request) and thrash instead of queueing
+            while i - keel.model.asked > AHEAD:
+                await asyncio.sleep(0.05)
             await start_pending(args.variant, i, args.tools)
 
     started = time.monotonic()
