@@ -66,7 +66,7 @@ class KeelProcess:
                                         kwargs={"autocommit": True}, open=False)
         await self.pool.open()
         db.configure(self.pool)
-        llm.configure(self.model.client(), default_model=s.model_name, prices=s.model_prices)
+        llm.configure(self.model.client(), default_model=s.model_name, prices=s.model_prices, timeout=s.model_timeout)
         breaker.configure(BreakerSettings(failure_threshold=s.breaker_threshold, cooldown=s.breaker_cooldown))
         failpoints.configure("")
         DBOS(config=dbos_config(s, self.url))

@@ -55,9 +55,10 @@ def override_dbos_config(overrides: dict[str, object]) -> None:
     setup.dbos_config = lambda settings, url: {**original(settings, url), **overrides}  # type: ignore[assignment]
 
 
-async def launch(database: str, latency: float, executor: str, concurrency: str) -> KeelProcess:
+async def launch(database: str, latency: float, executor: str, concurrency: str, **settings: object) -> KeelProcess:
     model = ScriptedModel(latency)
-    settings = {} if concurrency == "default" else {"worker_concurrency": 10**9 if concurrency == "none" else int(concurrency)}
+    if concurrency != "default":
+        settings["worker_concurrency"] = 10**9 if concurrency == "none" else int(concurrency)
     keel = KeelProcess(url_of(database), model, executor_id=executor, **settings)
     v.MODEL["client"] = model.client()
     await keel.start()
@@ -118,7 +119,8 @@ AHEAD = 256
 
 
 async def load(args: argparse.Namespace) -> None:
-    keel = await launch(args.database, 3600.0, args.executor, args.worker_concurrency)  # the model never answers: every run stays in its first model call
+    # the model never answers, and Keel's model timeout is longer than this phase: every run stays in its first model call
+    keel = await launch(args.database, 3600.0, args.executor, args.worker_concurrency, model_timeout=7200.0)
     say("launched")
     gate = asyncio.Semaphore(64)
 
