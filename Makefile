@@ -31,7 +31,7 @@ clean:
 	-$(BIN)/keel stop-database
 	rm -rf $(VENV) .keel
 
-# The benchmark suite (issue 8): writes docs/benchmarks.md. `make bench QUICK=1` for a fast smoke run.
+# The benchmark suite (issues 8 and 14, about an hour): writes docs/benchmarks.md. `make bench QUICK=1` for a fast smoke run.
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	PYTHONPATH=. $(BIN)/python -m bench.suite $(if $(QUICK),--quick,) $(BENCH_ARGS)
