@@ -35,9 +35,9 @@ async def throughput(workers: int, runs: int, concurrency: int, model_url: str, 
 
 
 async def measure(runs: int, concurrency: int, logs: Path) -> dict[str, Any]:
-    """runs/s with one worker process and with one per core (workload 9 of `bench.suite`)."""
+    """runs/s with one worker process and with one per core (workload 10 of `bench.suite`)."""
     cores = len(os.sched_getaffinity(0))
-    print(f"workload 9: {runs} billing runs over HTTP, `keel serve --workers` 1 and {cores}", flush=True)
+    print(f"workload 10: {runs} billing runs over HTTP, `keel serve --workers` 1 and {cores}", flush=True)
     model, model_url = start_scripted_model(logs / "model.log")
     try:
         rates = {n: await throughput(n, runs, concurrency, model_url, logs) for n in sorted({1, cores})}

@@ -182,13 +182,6 @@ def recovery_paragraph(rec: dict[str, Any] | None) -> list[str]:
             + timeouts_sentence(sum(lv["keel"].get("pool_timeouts", 0) for lv in slower.values())), ""]
 
 
-def keel_rate(t: dict[str, Any] | None) -> str:
-    if not t:
-        return "?"
-    return "–".join(f"{lv['steps_per_s']['keel']['median']:.0f}" for lv in (min(t["levels"].values(), key=lambda x: x["runs"]),
-                                                                          max(t["levels"].values(), key=lambda x: x["runs"])))
-
-
 def timeouts_sentence(n: int | None) -> str:
     if not n:
         return ""

@@ -273,7 +273,7 @@ def slow_tools_section(r: dict[str, Any]) -> list[str]:
     w = r.get("slow_tools")
     if not w:
         return []
-    return ["## 8. Slow tools: what a running tool holds", "",
+    return ["## 9. Slow tools: what a running tool holds", "",
             f"{w['runs']} runs started at once (enqueued as `POST /v1/runs` does), each one model turn asking for one tool call that sleeps "
             f"{w['tool_s']:.0f} s, then a final answer. Sampled every 20 ms: tool calls inside the tool at once, Keel's pooled connections "
             "checked out, and the database's sessions idle in a transaction (Keel's and DBOS's). The connections are every run's: while "
@@ -292,7 +292,7 @@ def serve_section(r: dict[str, Any]) -> list[str]:
     w = r.get("serve")
     if not w:
         return []
-    return ["## 9. `keel serve --workers`: one process and one per core", "",
+    return ["## 10. `keel serve --workers`: one process and one per core", "",
             f"{w['runs']} billing-demo runs submitted over HTTP to one port (`bench/serve_workers.py`), at most {w['concurrency']} per worker "
             "process at once, each configuration on a fresh database; the model is the scripted model server (its own process).", "",
             "| `--workers` | runs/s | vs one process |", "|---|---|---|",

@@ -1,4 +1,4 @@
-"""Workload 8: 200 concurrent runs whose one tool call takes 2 s. How many tool calls are in flight at once,
+"""Workload 9: 200 concurrent runs whose one tool call takes 2 s. How many tool calls are in flight at once,
 and how many of Keel's pooled connections (and PostgreSQL sessions idle in a transaction) they hold meanwhile."""
 
 import asyncio
@@ -20,7 +20,7 @@ def spread(values: list[int]) -> dict[str, float]:
 
 
 async def measure(harness: Harness, runs: int, tool_seconds: float) -> dict[str, Any]:
-    print(f"workload 8: {runs} concurrent runs whose one tool call takes {tool_seconds:.0f} s", flush=True)
+    print(f"workload 9: {runs} concurrent runs whose one tool call takes {tool_seconds:.0f} s", flush=True)
     pool = harness.keel.pool
     assert pool is not None
     samples: list[tuple[int, int, int]] = []  # (tool calls in flight, Keel connections checked out, sessions idle in a transaction)

@@ -16,7 +16,7 @@ from workflows import Agent, tool
 
 SYSTEM = "You are a benchmark agent."
 TOOL_LATENCY = {"seconds": 0.0}  # the tool's latency, set by a workload
-TOOLS_RUNNING = {"now": 0, "peak": 0}  # tool calls inside `run_work` at once (workload 8)
+TOOLS_RUNNING = {"now": 0, "peak": 0}  # tool calls inside `run_work` at once (workload 9)
 MODEL: dict[str, Any] = {}  # the shared clients ("client", and "sync" for the sync variant), set at start-up
 
 

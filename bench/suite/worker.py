@@ -126,8 +126,7 @@ async def load(args: argparse.Namespace) -> None:
 
     async def start(i: int) -> None:
         async with gate:
-            # at most AHEAD runs between their start and the model: 10,000 unbounded runs starting at once would wait past the pool's
-            # timeout for Keel's 10 connections (each run's first model step writes its llm_request) and thrash instead of queueing
+            # at most AHEAD runs between their start and the model, so the phase starts runs at the rate they reach it
             while i - keel.model.asked > AHEAD:
                 await asyncio.sleep(0.05)
             await start_pending(args.variant, i, args.tools)
